@@ -1,0 +1,126 @@
+"""`--model ffnskip`: lm-eval's HFLM with FFN skipping attached; only what differs from HFLM."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from typing import Any
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from .checkpoints import DEFAULT_MODEL, resolve
+from .engine import SkipEngine
+from .policy import SkipPolicy
+from .stats import SkipStats
+
+log = logging.getLogger(__name__)
+
+POLICY_ARGS = tuple(f.name for f in dataclasses.fields(SkipPolicy))
+# from_pretrained keywords that HFLM forwards through **kwargs
+HF_LOAD_ARGS = (
+    "attn_implementation",
+    "low_cpu_mem_usage",
+    "cache_dir",
+    "local_files_only",
+    "use_safetensors",
+    "variant",
+    "token",
+    "device_map",
+    "quantization_config",
+)
+
+
+def _valid_args() -> set[str]:
+    params = inspect.signature(HFLM.__init__).parameters.values()
+    named = {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY}
+    return (named - {"self"}) | set(POLICY_ARGS) | set(HF_LOAD_ARGS)
+
+
+class FFNSkipLM(HFLM):
+    """HFLM whose decoder skips FFN blocks per token (see ``policy.py``).
+
+    model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
+    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed).
+    ``pretrained`` defaults to the embedded ``smollm2-135m``; ``gemma3-270m`` is the other alias.
+    """
+
+    def __init__(self, pretrained: Any = DEFAULT_MODEL, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - _valid_args())
+        if unknown:
+            raise ValueError(
+                f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
+                f"{', '.join(POLICY_ARGS)}, and HFLM's: {', '.join(sorted(_valid_args() - set(POLICY_ARGS)))}"
+            )
+        self.policy = SkipPolicy.from_args({k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs})
+        if isinstance(pretrained, str):
+            pretrained = resolve(pretrained)
+        super().__init__(pretrained=pretrained, **kwargs)
+        self.engine = SkipEngine(self.model, self.policy)
+        self.engine.install()
+        self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
+
+    def _gather_stats(self, kind: str, n_requests: int) -> None:
+        """Fold this process's counters into ``skip_stats``, summed over all processes."""
+        local, self.engine.stats = self.engine.stats, SkipStats(self.skip_stats.n_layers)
+        if self.world_size > 1:
+            counts = torch.tensor(_counts(local), device=self.device)
+            local = _from_counts(self.all_gather(counts.unsqueeze(0)).sum(0).tolist(), local.n_layers)
+        self.skip_stats.merge(local)
+        if self.policy.method != "dense" and local.tokens and not local.eligible:
+            hint = (
+                " prompt positions run the full model unless skip_prompt=true"
+                if not self.policy.skip_prompt
+                else f" warmup={self.policy.warmup} covers them all"
+            )
+            log.warning(
+                "ffnskip: no token was eligible for skipping in %d %s requests:%s. These are "
+                "dense results, not skip results.",
+                n_requests,
+                kind,
+                hint,
+            )
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
+        out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        self._gather_stats("loglikelihood", len(requests))
+        return out
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list:
+        out = super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+        self._gather_stats("loglikelihood_rolling", len(requests))
+        return out
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list:
+        out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+        self._gather_stats("generate_until", len(requests))
+        return out
+
+    def get_model_info(self) -> dict:
+        """HFLM's info plus ``ffnskip``: the policy, the resolved layer layout and the stats."""
+        info = super().get_model_info()
+        stats = self.skip_stats.summary()
+        info["ffnskip"] = {
+            "policy": dataclasses.asdict(self.policy),
+            "layout": dataclasses.asdict(self.engine.layout),
+            "stats": stats,
+            "skipped_anything": bool(stats["skipped"]),
+        }
+        return info
+
+
+def _counts(stats: SkipStats) -> list[int]:
+    return [
+        stats.tokens,
+        stats.eligible,
+        stats.skipped,
+        stats.never_fired,
+        stats.host_syncs,
+        *stats.layer_skipped,
+    ]
+
+
+def _from_counts(values: list[float], n_layers: int) -> SkipStats:
+    v = [int(x) for x in values]
+    return SkipStats(n_layers, *v[:5], layer_skipped=v[5:])

@@ -1,0 +1,226 @@
+"""The skip policy: which token skips which FFN block. Everything that defines a "skip" is here.
+
+A *token* is one position processed by the model. Per token:
+
+1. Eligibility. Padding is never eligible. Without ``skip_prompt`` the prompt runs the full
+   model and so do the first ``warmup`` decoding steps after it; with ``skip_prompt`` the
+   first ``warmup`` positions of the sequence run full and every later position is eligible,
+   so one forward pass over a sequence decides exactly what token-by-token decoding of it
+   decides. With ``refresh_every=N`` every N-th eligible token runs full as well.
+2. The rule, for an eligible token (``k = round(target_skip * n_layers)``):
+
+   - ``ffnskip`` (the paper's Algorithm 1): the first ``cold_start`` and last ``cold_end``
+     layers always run their FFN. In the layers between ("non-cold"), the FFN runs and the
+     cosine similarity of the residual stream before and after it, cos(h, h + FFN(h)), is
+     measured; once it reaches ``threshold`` the FFNs of the next k non-cold layers are
+     skipped, which spends the token's budget.
+   - ``random`` (the paper's Baseline 1): k FFNs skipped at random among all layers.
+   - ``static`` (the paper's Baseline 2): k FFNs skipped at random among the non-cold layers.
+   - ``dense``: nothing is skipped.
+
+   Random draws depend on ``seed`` and the token's position only, so a sequence gets the
+   same draw at any batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from . import METHODS
+
+RANDOM_METHODS = ("random", "static")
+
+
+def default_cold(n_layers: int) -> int:
+    """Cold layers at each end, scaled to depth: the authors' 5 of 40, at least 1."""
+    return max(1, round(n_layers / 8))
+
+
+@dataclass(frozen=True)
+class SkipPolicy:
+    """Settings of one skip run, validated on construction (depth-free checks only)."""
+
+    method: str = "ffnskip"
+    threshold: float = 0.9
+    warmup: int = 25
+    cold_start: int | None = None
+    cold_end: int | None = None
+    target_skip: float = 0.25
+    refresh_every: int = 0
+    skip_prompt: bool = False
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method={self.method!r} is unknown; choose one of {', '.join(METHODS)}")
+        if not -1.0 <= self.threshold:
+            raise ValueError(
+                f"threshold={self.threshold} is out of range: use a cosine similarity >= -1 "
+                "(values above 1 never fire, which disables skipping)"
+            )
+        if not 0.0 <= self.target_skip <= 1.0:
+            raise ValueError(f"target_skip={self.target_skip} is out of range [0, 1]")
+        for name in ("warmup", "refresh_every", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range: it must be >= 0")
+        for name in ("cold_start", "cold_end"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value} is out of range: it must be >= 0")
+        if self.refresh_every == 1:
+            raise ValueError("refresh_every=1 would run every token full; use 0 (off) or >= 2")
+
+    @classmethod
+    def from_args(cls, args: dict[str, object]) -> SkipPolicy:
+        """Build from lm-eval style model_args values (strings, ints, floats or bools)."""
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in args:
+                continue
+            raw = args[f.name]
+            kind = f.type.split(" |")[0]
+            try:
+                if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
+                    values[f.name] = None
+                elif kind == "bool":
+                    values[f.name] = _to_bool(f.name, raw)
+                elif kind in ("int", "float", "str"):
+                    values[f.name] = {"int": _to_int, "float": float, "str": str}[kind](raw)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{f.name}={raw!r} is not a valid {kind}") from err
+        return cls(**values)
+
+    def layout(self, n_layers: int) -> LayerLayout:
+        """Resolve depth-dependent settings for a model with ``n_layers`` decoder layers."""
+        cold_start = default_cold(n_layers) if self.cold_start is None else self.cold_start
+        cold_end = default_cold(n_layers) if self.cold_end is None else self.cold_end
+        if cold_start + cold_end > n_layers:
+            raise ValueError(
+                f"cold_start={cold_start} + cold_end={cold_end} exceeds the model's {n_layers} layers"
+            )
+        k = round(self.target_skip * n_layers) if self.method != "dense" else 0
+        n_mid = n_layers - cold_start - cold_end
+        limit = {"ffnskip": n_mid - 1, "static": n_mid, "random": n_layers, "dense": 0}[self.method]
+        if k > max(limit, 0):
+            raise ValueError(
+                f"target_skip={self.target_skip} asks for {k} of {n_layers} FFNs per token, but "
+                f"method={self.method} can skip at most {max(limit, 0)} with cold_start={cold_start}, "
+                f"cold_end={cold_end}; lower target_skip or the cold layers"
+            )
+        return LayerLayout(n_layers, cold_start, cold_end, k)
+
+    def eligible(self, since: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Tokens the rule applies to. ``since``: steps from where warm-up counting starts."""
+        out = real & (since >= self.warmup)
+        if self.refresh_every:
+            out &= (since - self.warmup + 1) % self.refresh_every != 0
+        return out if self.method != "dense" else torch.zeros_like(out)
+
+
+def _to_bool(name: str, raw: object) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+def _to_int(raw: object) -> int:
+    if isinstance(raw, float) and not raw.is_integer():
+        raise ValueError(raw)
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """Depth-resolved policy: the non-cold range and k, the FFNs to skip per eligible token."""
+
+    n_layers: int
+    cold_start: int
+    cold_end: int
+    k: int
+
+    @property
+    def mid(self) -> range:
+        """The non-cold layers."""
+        return range(self.cold_start, self.n_layers - self.cold_end)
+
+
+class TokenRule:
+    """Skip decisions for the N tokens of one forward pass, made layer by layer on the host.
+
+    ``skip[n, l]`` is filled as decisions become known: up front for the random baselines, and
+    for ``ffnskip`` when the similarity measured at a layer fires for a token.
+    """
+
+    def __init__(
+        self,
+        policy: SkipPolicy,
+        layout: LayerLayout,
+        eligible: torch.Tensor,
+        positions: torch.Tensor,
+        draws: RandomDraws | None,
+    ) -> None:
+        self.policy, self.layout = policy, layout
+        self.eligible = eligible
+        n, n_layers = eligible.numel(), layout.n_layers
+        self.skip = torch.zeros(n, n_layers, dtype=torch.bool)
+        self.checking = eligible.clone() if policy.method == "ffnskip" else torch.zeros(n, dtype=torch.bool)
+        self.n_checking = int(self.checking.sum()) if policy.threshold <= 1.0 and layout.k else 0
+        if draws is not None and layout.k:
+            self.skip[eligible] = draws.take(positions[eligible])
+        self.skip_count = self.skip.sum(0).tolist()
+
+    def checks_at(self, layer: int) -> bool:
+        """Whether similarity is measured at ``layer`` (for the rows in ``self.checking``)."""
+        mid = self.layout.mid
+        return self.n_checking > 0 and mid.start <= layer < mid.stop - 1
+
+    def fired(self, layer: int, rows: torch.Tensor, hit: torch.Tensor) -> None:
+        """Similarity of ``rows`` at ``layer`` was measured; ``hit`` marks those that reached it."""
+        fired_rows = rows[hit]
+        if not fired_rows.numel():
+            return
+        self.checking[fired_rows] = False
+        self.n_checking -= fired_rows.numel()
+        stop = min(layer + 1 + self.layout.k, self.layout.mid.stop)
+        self.skip[fired_rows, layer + 1 : stop] = True
+        for j in range(layer + 1, stop):
+            self.skip_count[j] += fired_rows.numel()
+
+    def never_fired(self) -> int:
+        """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
+        return int(self.checking.sum()) if self.policy.method == "ffnskip" else 0
+
+
+class RandomDraws:
+    """Per-position random FFN choices for the baselines, from a seeded table grown on demand."""
+
+    def __init__(self, policy: SkipPolicy, layout: LayerLayout) -> None:
+        self.k = layout.k
+        self.allowed = torch.zeros(layout.n_layers, dtype=torch.bool)
+        if policy.method == "static":
+            self.allowed[layout.mid.start : layout.mid.stop] = True
+        else:
+            self.allowed[:] = True
+        self.generator = torch.Generator().manual_seed(policy.seed)
+        self.table = torch.zeros(0, layout.n_layers, dtype=torch.bool)
+
+    def take(self, positions: torch.Tensor) -> torch.Tensor:
+        """Skip masks [len(positions), n_layers] for these absolute positions."""
+        need = int(positions.max()) + 1 if positions.numel() else 0
+        if need > len(self.table):
+            rows = max(need, 2 * len(self.table), 256) - len(self.table)
+            scores = torch.rand(rows, len(self.allowed), generator=self.generator)
+            scores[:, ~self.allowed] = 2.0
+            chosen = scores.topk(self.k, dim=1, largest=False).indices
+            grown = torch.zeros(rows, len(self.allowed), dtype=torch.bool)
+            grown.scatter_(1, chosen, True)
+            self.table = torch.cat([self.table, grown])
+        return self.table[positions]

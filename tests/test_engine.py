@@ -1,0 +1,179 @@
+"""The engine on tiny random models of every supported architecture, plus SmolLM2 batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import DynamicCache
+
+from lmeval_ffnskip.adapters import ffn_sites
+from lmeval_ffnskip.engine import attach
+from lmeval_ffnskip.policy import SkipPolicy
+
+
+def _ids(batch: int = 1, length: int = 20, seed: int = 1) -> torch.Tensor:
+    return torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _count_ffn_rows(model: torch.nn.Module) -> list[int]:
+    """Rows fed to each layer's FFN, counted at its first linear layer."""
+    counts = [0] * len(ffn_sites(model)[1])
+    for site in ffn_sites(model)[1]:
+        first = next(m for m in site.mlp.modules() if isinstance(m, torch.nn.Linear))
+
+        def hook(module, args, i=site.index):
+            counts[i] += args[0].numel() // module.in_features
+
+        first.register_forward_pre_hook(hook)
+    return counts
+
+
+@torch.no_grad()
+def test_dense_and_unreachable_threshold_are_bit_exact(arch_model):
+    ids = _ids(2)
+    ref = arch_model(ids).logits
+    for policy in (SkipPolicy(method="dense"), SkipPolicy(threshold=1.5, skip_prompt=True, warmup=0)):
+        with attach(arch_model, policy):
+            assert torch.equal(arch_model(ids).logits, ref)
+            out = arch_model.generate(ids, max_new_tokens=6, do_sample=False)
+        assert torch.equal(out, arch_model.generate(ids, max_new_tokens=6, do_sample=False))
+    assert torch.equal(arch_model(ids).logits, ref)  # detached: the stock model again
+    assert all("forward" not in vars(site.mlp) for site in ffn_sites(arch_model)[1])
+
+
+@torch.no_grad()
+def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
+    policy = SkipPolicy(threshold=-1.0, warmup=2, target_skip=0.25)  # fires at every chance
+    rows = _count_ffn_rows(arch_model)
+    attn_calls = [0] * len(rows)
+    for i, layer in enumerate(arch_model.get_decoder().layers):
+        layer.self_attn.register_forward_pre_hook(
+            lambda m, a, i=i: attn_calls.__setitem__(i, attn_calls[i] + 1)
+        )
+    ids = _ids(1, 12)
+    cache = DynamicCache(config=arch_model.config)
+    with attach(arch_model, policy) as engine:
+        out = arch_model.generate(
+            ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, past_key_values=cache
+        )
+    stats = engine.stats
+    n_layers = len(rows)
+    assert stats.tokens == 12 + 7 and stats.eligible == 7 - 2
+    assert stats.skipped == stats.eligible * engine.layout.k > 0
+    assert sum(rows) == stats.tokens * n_layers - stats.skipped
+    assert attn_calls == [8] * n_layers  # one prefill + 7 decoding steps, every layer
+    full = [
+        i
+        for i, t in enumerate(getattr(arch_model.config, "layer_types", None) or [])
+        if t == "full_attention"
+    ]
+    for i in full or range(n_layers):
+        assert cache.layers[i].keys.shape[-2] == out.shape[1] - 1  # every position is cached
+
+
+@torch.no_grad()
+def test_trigger_skips_the_next_k_layers():
+    model = tiny_model("llama", n_layers=16)
+    policy = SkipPolicy(
+        threshold=-1.0, skip_prompt=True, warmup=4, cold_start=3, cold_end=2, target_skip=0.25
+    )
+    with attach(model, policy, record=True) as engine:
+        model(_ids(2, 10))
+    skip = engine.history[0]  # [batch, positions, layers]
+    k = engine.layout.k
+    assert k == 4
+    expected = torch.zeros(16, dtype=torch.bool)
+    expected[4 : 4 + k] = True  # fires at layer 3, the first non-cold one
+    assert torch.equal(skip[:, :4], torch.zeros(2, 4, 16, dtype=torch.bool))
+    assert (skip[:, 4:] == expected).all()
+    summary = engine.stats.summary()
+    assert summary["skip_ratio_eligible"] == k / 16
+    assert summary["never_reached_threshold"] == 0.0
+    assert summary["skip_ratio_all"] == 2 * 6 * k / (2 * 10 * 16)
+
+
+def _mixed_threshold(model: torch.nn.Module, ids: torch.Tensor, policy: SkipPolicy) -> float:
+    """A threshold at which some eligible tokens fire and others do not."""
+    for threshold in torch.linspace(-1, 1, 201).tolist():
+        with attach(model, SkipPolicy(**{**policy.__dict__, "threshold": threshold}), record=True) as engine:
+            model(ids)
+        fired = engine.history[0].any(-1)
+        if 0 < engine.stats.never_fired < engine.stats.eligible and fired.any():
+            return threshold
+    raise AssertionError("no threshold gives mixed decisions")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "qwen3"])
+@torch.no_grad()
+def test_teacher_forced_pass_equals_token_by_token_decoding(arch):
+    model = tiny_model(arch, n_layers=10)
+    ids = _ids(1, 24)
+    base = SkipPolicy(skip_prompt=True, warmup=3, target_skip=0.3, cold_start=2, cold_end=1)
+    policy = SkipPolicy(**{**base.__dict__, "threshold": _mixed_threshold(model, ids, base)})
+    with attach(model, policy, record=True) as engine:
+        full = model(ids).logits
+    with attach(model, policy, record=True) as stepwise:
+        cache = DynamicCache(config=model.config)
+        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(24)]
+    assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    assert 0 < engine.stats.skipped
+
+
+@torch.no_grad()
+def test_per_row_decisions_in_a_left_padded_batch():
+    model = tiny_model("llama", n_layers=10)
+    prompts = [_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12, 7, 4, 10, 6)]
+    base = SkipPolicy(warmup=2, target_skip=0.3, cold_start=2, cold_end=1)
+    policy = SkipPolicy(
+        **{
+            **base.__dict__,
+            "threshold": _mixed_threshold(
+                model, _ids(1, 24), SkipPolicy(**{**base.__dict__, "skip_prompt": True})
+            ),
+        }
+    )
+    width = max(len(p) for p in prompts)
+    batch = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = (torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]).long()
+    gen = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
+    with attach(model, policy) as engine:
+        together = model.generate(batch, attention_mask=mask, **gen)[:, width:]
+        singles = [model.generate(p[None], **gen)[0, len(p) :] for p in prompts]
+    assert torch.equal(together, torch.stack(singles))
+    assert 0 < engine.stats.never_fired < engine.stats.eligible  # decisions differed between rows
+
+
+@pytest.mark.parametrize("method", ["random", "static"])
+@torch.no_grad()
+def test_random_baselines_skip_k_per_token_in_their_region(method):
+    model = tiny_model("llama", n_layers=16)
+    policy = SkipPolicy(method=method, skip_prompt=True, warmup=0, target_skip=0.25, cold_start=3, cold_end=3)
+    with attach(model, policy, record=True) as engine:
+        model(_ids(3, 30))
+        model(_ids(1, 30, seed=7))
+    a, b = engine.history
+    assert (a.sum(-1) == 4).all()
+    assert torch.equal(a[0], b[0])  # the draw depends on position only
+    assert len({tuple(row.tolist()) for row in a[0]}) > 5  # and differs between positions
+    if method == "static":
+        assert not a[..., :3].any() and not a[..., -3:].any()
+    else:
+        assert a[..., :3].any() and a[..., -3:].any()
+
+
+def test_unsupported_architecture_is_refused():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    gpt2 = AutoModelForCausalLM.from_config(AutoConfig.for_model("gpt2", n_layer=2, n_embd=32, n_head=2))
+    with pytest.raises(NotImplementedError, match=r"model_type='gpt2'.*supported: gemma"):
+        with attach(gpt2, SkipPolicy()):
+            pass
+
+
+def test_double_attach_is_refused():
+    model = tiny_model("llama")
+    with attach(model, SkipPolicy()), pytest.raises(RuntimeError, match="already"):
+        with attach(model, SkipPolicy()):
+            pass
