@@ -86,7 +86,7 @@ class SkipPolicy:
                 if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
                     values[f.name] = None
                 elif kind == "bool":
-                    values[f.name] = _to_bool(f.name, raw)
+                    values[f.name] = _to_bool(raw)
                 elif kind in ("int", "float", "str"):
                     values[f.name] = {"int": _to_int, "float": float, "str": str}[kind](raw)
             except (TypeError, ValueError) as err:
@@ -120,7 +120,7 @@ class SkipPolicy:
         return out if self.method != "dense" else torch.zeros_like(out)
 
 
-def _to_bool(name: str, raw: object) -> bool:
+def _to_bool(raw: object) -> bool:
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -128,7 +128,7 @@ def _to_bool(name: str, raw: object) -> bool:
         return True
     if text in ("0", "false", "no"):
         return False
-    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+    raise ValueError(raw)
 
 
 def _to_int(raw: object) -> int:

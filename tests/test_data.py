@@ -1,0 +1,65 @@
+"""Data location: local copy, verified download from a loopback server, and the offline error."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+from lmeval_ffnskip import data
+
+REL = data.SOURCES["freebaseqa"].relpath
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv(data.ENV, raising=False)
+    return tmp_path / "cache" / "lmeval-ffnskip" / "data"
+
+
+@pytest.fixture
+def loopback_server(tmp_path):
+    """Serves ../shared/data plus a corrupt file on 127.0.0.1."""
+    (tmp_path / "bad.json").write_text("{not json")
+    Path(tmp_path / "good").symlink_to(Path(DATA_DIR).resolve())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_local_copy_is_used(monkeypatch):
+    monkeypatch.setenv(data.ENV, DATA_DIR)
+    assert data.locate("freebaseqa") == Path(DATA_DIR) / REL
+
+
+def test_download_is_verified_and_cached(empty_cache, loopback_server, monkeypatch):
+    good = data.Source(REL, f"{loopback_server}/good/{REL}", data.SOURCES["freebaseqa"].check)
+    monkeypatch.setitem(data.SOURCES, "freebaseqa", good)
+    path = data.locate("freebaseqa")
+    assert path == empty_cache / REL and path.read_bytes() == (Path(DATA_DIR) / REL).read_bytes()
+    monkeypatch.setitem(data.SOURCES, "freebaseqa", data.Source(REL, "http://127.0.0.1:9/x", good.check))
+    assert data.locate("freebaseqa") == path  # cached: no second download
+
+
+def test_corrupt_download_is_rejected(empty_cache, loopback_server, monkeypatch):
+    bad = data.Source(REL, f"{loopback_server}/bad.json", data.SOURCES["freebaseqa"].check)
+    monkeypatch.setitem(data.SOURCES, "freebaseqa", bad)
+    with pytest.raises(FileNotFoundError, match="not valid"):
+        data.locate("freebaseqa")
+    assert not [p for p in empty_cache.rglob("*") if p.is_file()]  # nothing half-written is left
+
+
+def test_offline_error_names_dataset_variable_and_url(empty_cache, monkeypatch):
+    offline = data.Source(REL, "http://127.0.0.1:9/FreebaseQA-eval.json", data.SOURCES["freebaseqa"].check)
+    monkeypatch.setitem(data.SOURCES, "freebaseqa", offline)
+    with pytest.raises(
+        FileNotFoundError, match=r"dataset 'freebaseqa': FFNSKIP_DATA_DIR is not set.*127\.0\.0\.1:9"
+    ):
+        data.locate("freebaseqa")

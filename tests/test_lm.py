@@ -1,0 +1,153 @@
+"""`--model ffnskip` through lm-eval: model_args, results, stats, CLI registration, processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+from lmeval_ffnskip.checkpoints import resolve
+from lmeval_ffnskip.lm import FFNSkipLM
+
+MC_DOCS = [
+    {"question": "The capital of France is", "choices": [" Paris", " Berlin", " Rome"], "label": 0},
+    {"question": "Two plus two equals", "choices": [" three", " four", " five"], "label": 1},
+    {"question": "The opposite of hot is", "choices": [" cold", " warm", " loud"], "label": 0},
+    {"question": "Water freezes at zero degrees", "choices": [" Celsius", " Kelvin", " Newton"], "label": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def task_manager(tmp_path_factory):
+    """One (slow to build) task index: the built-ins, our tasks, and a tiny local MC task."""
+    from lm_eval.tasks import TaskManager
+
+    root = tmp_path_factory.mktemp("tasks")
+    (root / "mc.jsonl").write_text("\n".join(json.dumps(d) for d in MC_DOCS))
+    (root / "tiny_mc.yaml").write_text(
+        "task: tiny_mc\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {root / 'mc.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n"
+    )
+    os.environ["FFNSKIP_DATA_DIR"] = DATA_DIR
+    return TaskManager(include_path=str(root))
+
+
+def _evaluate(model: str, model_args: str, tasks: list[str], task_manager, limit: int = 4) -> dict:
+    from lm_eval import simple_evaluate
+
+    return simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        limit=limit,
+        device="cpu",
+        task_manager=task_manager,
+        log_samples=True,
+        batch_size=2,
+    )
+
+
+def test_unknown_model_arg_lists_the_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"unknown model_args for --model ffnskip: thresold\. Valid: method, threshold"
+    ):
+        FFNSkipLM(thresold=0.9)
+
+
+def test_bad_policy_value_fails_before_loading():
+    with pytest.raises(ValueError, match=r"target_skip=2\.0 is out of range"):
+        FFNSkipLM(target_skip=2.0)
+
+
+def test_dense_matches_hf(task_manager):
+    path = resolve("smollm2-135m")
+    tasks = ["tiny_mc", "freebaseqa"]
+    hf = _evaluate("hf", f"pretrained={path}", tasks, task_manager)
+    ours = _evaluate("ffnskip", "method=dense", tasks, task_manager)
+    for task in tasks:
+        assert ours["results"][task] == hf["results"][task]
+        assert [s["resps"] for s in ours["samples"][task]] == [s["resps"] for s in hf["samples"][task]]
+    stats = ours["config"]["ffnskip"]["stats"]
+    assert stats["skipped"] == 0 and stats["tokens"] > 0
+
+
+def test_loglikelihood_skips_only_with_skip_prompt(task_manager, caplog):
+    with caplog.at_level(logging.WARNING):
+        plain = _evaluate("ffnskip", "target_skip=0.25,threshold=0.9", ["tiny_mc"], task_manager)
+    assert "no token was eligible for skipping in 12 loglikelihood requests" in caplog.text
+    assert plain["config"]["ffnskip"]["skipped_anything"] is False
+    skipped = _evaluate("ffnskip", "target_skip=0.25,skip_prompt=true,warmup=2", ["tiny_mc"], task_manager)
+    stats = skipped["config"]["ffnskip"]["stats"]
+    assert skipped["config"]["ffnskip"]["skipped_anything"] is True
+    assert 0.2 < stats["skip_ratio_eligible"] <= 8 / 30
+    assert stats["layer_skip_frequency"][:4] == [0.0] * 4  # cold layers always run
+
+
+def test_generation_records_stats(task_manager):
+    out = _evaluate("ffnskip", "target_skip=0.25,warmup=4", ["freebaseqa"], task_manager, limit=2)
+    info = out["config"]["ffnskip"]
+    assert info["policy"]["target_skip"] == 0.25 and info["layout"]["k"] == 8
+    assert (
+        info["stats"]["eligible"] > 0
+        and 0 < info["stats"]["skip_ratio_all"] < info["stats"]["skip_ratio_eligible"]
+    )
+    assert set(out["results"]["freebaseqa"]) >= {"exact_match,none", "contains,none"}
+
+
+def _results(out: Path) -> dict:
+    files = list(out.rglob("results_*.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+CLI_ARGS = [
+    "--model",
+    "ffnskip",
+    "--model_args",
+    "target_skip=0.25,warmup=2",
+    "--tasks",
+    "freebaseqa",
+    "--device",
+    "cpu",
+    "--limit",
+]
+
+
+def _run(cmd: list[str], out: Path, limit: int, **env: str) -> dict:
+    env = {**os.environ, "FFNSKIP_DATA_DIR": DATA_DIR, **env}
+    subprocess.run([*cmd, *CLI_ARGS, str(limit), "--output_path", str(out)], check=True, env=env, cwd=out)
+    return _results(out)
+
+
+@pytest.fixture(scope="module")
+def plain_cli_run(tmp_path_factory) -> dict:
+    """`lm_eval --model ffnskip --tasks freebaseqa`: no --include_path, no wrapper."""
+    return _run(["lm_eval"], tmp_path_factory.mktemp("cli"), 4)
+
+
+def test_plain_cli_finds_model_and_task(plain_cli_run):
+    assert plain_cli_run["config"]["ffnskip"]["stats"]["skipped"] > 0
+    assert plain_cli_run["n-samples"]["freebaseqa"]["effective"] == 4
+
+
+def test_python_m_runs_lm_eval(tmp_path):
+    results = _run([sys.executable, "-m", "lmeval_ffnskip"], tmp_path, 1)
+    assert results["config"]["model"] == "ffnskip" and "freebaseqa" in results["results"]
+
+
+def test_two_processes_merge_results_and_stats(plain_cli_run, tmp_path):
+    cmd = ["accelerate", "launch", "--num_processes", "2", "--cpu", "-m", "lm_eval"]
+    results = _run(cmd, tmp_path, 4, OMP_NUM_THREADS="1")
+    assert results["n-samples"]["freebaseqa"]["effective"] == 4
+    assert results["results"]["freebaseqa"] == plain_cli_run["results"]["freebaseqa"]
+    merged, single = results["config"]["ffnskip"]["stats"], plain_cli_run["config"]["ffnskip"]["stats"]
+    for key in ("tokens", "eligible", "skipped", "layer_skipped"):
+        assert merged[key] == single[key]  # both processes' counters, summed

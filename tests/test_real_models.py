@@ -1,0 +1,72 @@
+"""The engine on the embedded real checkpoints: SmolLM2-135M (Llama) and Gemma-3-270M."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+from lmeval_ffnskip.checkpoints import resolve
+from lmeval_ffnskip.engine import attach
+from lmeval_ffnskip.policy import SkipPolicy
+
+TEXT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, named after the engineer who built it."
+PROMPTS = [
+    "Who was the first president of the United States?",
+    "Name three primary colours.",
+    "Write a haiku about autumn leaves falling slowly.",
+    "What is the boiling point of water?",
+    "Translate 'good morning' into French.",
+    "Give one reason why the sky looks blue during the day.",
+    "What is 12 times 12?",
+    "List two planets.",
+]
+
+
+@pytest.fixture(scope="module", params=["smollm2-135m", "gemma3-270m"])
+def real(request):
+    path = resolve(request.param)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return request.param, model, AutoTokenizer.from_pretrained(path)
+
+
+@torch.no_grad()
+def test_unreachable_threshold_is_bit_exact(real):
+    _, model, tok = real
+    ids = tok(TEXT, return_tensors="pt").input_ids
+    ref = model(ids).logits
+    with attach(model, SkipPolicy(threshold=1.01, skip_prompt=True, warmup=0)) as engine:
+        assert torch.equal(model(ids).logits, ref)
+    assert engine.stats.never_fired == engine.stats.eligible == ids.numel()
+
+
+@torch.no_grad()
+def test_teacher_forcing_equals_decoding(real):
+    name, model, tok = real
+    ids = tok(TEXT, return_tensors="pt").input_ids[:, :20]
+    policy = SkipPolicy(threshold=0.97, skip_prompt=True, warmup=4, target_skip=0.25)
+    with attach(model, policy, record=True) as full:
+        logits = model(ids).logits
+    with attach(model, policy, record=True) as steps:
+        cache = DynamicCache(config=model.config)
+        step_logits = [
+            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(20)
+        ]
+    assert torch.equal(torch.cat(steps.history, dim=1), full.history[0])
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), logits, rtol=1e-3, atol=1e-3)
+    assert 0 < full.stats.never_fired < full.stats.eligible, name  # adaptive: some tokens fired, some not
+
+
+@torch.no_grad()
+def test_batch_of_eight_matches_batch_of_one():
+    path = resolve("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    policy = SkipPolicy(threshold=0.97, warmup=2, target_skip=0.25)
+    gen = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    with attach(model, policy) as engine:
+        batch = tok(PROMPTS, return_tensors="pt", padding=True)
+        together = model.generate(**batch, **gen)[:, batch.input_ids.shape[1] :]
+        singles = [model.generate(**tok(p, return_tensors="pt"), **gen)[0, -12:] for p in PROMPTS]
+    assert [tok.decode(t) for t in together] == [tok.decode(t) for t in singles]
+    assert 0 < engine.stats.skipped
