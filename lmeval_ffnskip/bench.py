@@ -43,11 +43,13 @@ class Config:
 
 
 def default_configs(targets: tuple[float, ...]) -> list[Config]:
-    """Plain HF, the engine with skipping disabled, every FFN skipped, and ffnskip per target."""
+    """Plain HF, the engine with skipping disabled or checking only, every FFN skipped, ffnskip per target."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
         Config("ffnskip-off", SkipPolicy(threshold=2.0, warmup=0)),
+        # measures at every non-cold layer and never fires: the full cost of checks and host reads
+        Config("checks-only", SkipPolicy(threshold=1.0, warmup=0)),
         Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
     ]
     configs += [Config(f"ffnskip-{t:g}", SkipPolicy(target_skip=t, warmup=0)) for t in targets]
@@ -78,33 +80,48 @@ def _generate_seconds(model: nn.Module, batch: dict, new_tokens: int) -> float:
 
 
 def decode_speed(
-    model: nn.Module, tokenizer: object, config: Config, batch_size: int, new_tokens: int = 128, reps: int = 3
-) -> dict[str, object]:
-    """Median decode tokens/s (rows x steps / second) of one configuration, with its skip ratio."""
+    model: nn.Module,
+    tokenizer: object,
+    configs: list[Config],
+    batch_size: int,
+    new_tokens: int = 128,
+    reps: int = 3,
+) -> list[dict[str, object]]:
+    """Median decode tokens/s (rows x steps / second) of each configuration, with its skip ratio.
+
+    Repetitions go round-robin over the configurations, so drift in machine speed (other load,
+    clocks) spreads over all of them instead of biasing one.
+    """
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    times, ratio = [], None
-    with _maybe_attach(model, config.policy) as engine:
-        _generate_seconds(model, batch, 8)  # warm-up
-        for _ in range(reps):
-            before = engine.stats.skipped if engine else 0
-            prefill = _generate_seconds(model, batch, 1)
-            times.append(_generate_seconds(model, batch, new_tokens + 1) - prefill)
-            if engine:  # share of decode-step FFN blocks skipped (prefill skips none)
-                steps = batch_size * new_tokens * engine.stats.n_layers
-                ratio = (engine.stats.skipped - before) / steps
-    seconds = statistics.median(times)
-    return {
-        "config": config.name,
-        "batch_size": batch_size,
-        "new_tokens": new_tokens,
-        "decode_seconds": seconds,
-        "decode_seconds_spread": max(times) - min(times),
-        "tokens_per_s": batch_size * new_tokens / seconds,
-        "skip_ratio": ratio or 0.0,
-        "host_syncs_per_step": None if not engine else engine.stats.host_syncs / max(engine.stats.tokens, 1),
-    }
+    times: dict[str, list[float]] = {c.name: [] for c in configs}
+    ratios: dict[str, float] = {}
+    _generate_seconds(model, batch, 8)  # warm-up
+    for _ in range(reps):
+        for config in configs:
+            with _maybe_attach(model, config.policy) as engine:
+                prefill = _generate_seconds(model, batch, 1)
+                times[config.name].append(_generate_seconds(model, batch, new_tokens + 1) - prefill)
+            # prompts run full, so every skipped block belongs to a decoding step
+            ratios[config.name] = (
+                engine.stats.skipped / (batch_size * new_tokens * engine.stats.n_layers) if engine else 0.0
+            )
+    rows = []
+    for config in configs:
+        seconds = statistics.median(times[config.name])
+        rows.append(
+            {
+                "config": config.name,
+                "batch_size": batch_size,
+                "new_tokens": new_tokens,
+                "decode_seconds": seconds,
+                "decode_seconds_spread": max(times[config.name]) - min(times[config.name]),
+                "tokens_per_s": batch_size * new_tokens / seconds,
+                "skip_ratio": ratios[config.name],
+            }
+        )
+    return rows
 
 
 def add_ideal(rows: list[dict[str, object]]) -> None:

@@ -49,9 +49,9 @@ def bench_main(argv: list[str]) -> int:
     configs = default_configs(tuple(float(t) for t in args.targets.split(",")))
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = [
-        decode_speed(model, tokenizer, c, bs, args.new_tokens, args.reps)
-        for bs in sizes
-        for c in tqdm(configs, desc=f"batch {bs}")
+        row
+        for bs in tqdm(sizes, desc="batch sizes")
+        for row in decode_speed(model, tokenizer, configs, bs, args.new_tokens, args.reps)
     ]
     add_ideal(rows)
     env = environment(model)

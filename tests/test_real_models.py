@@ -54,7 +54,8 @@ def test_teacher_forcing_equals_decoding(real):
         ]
     assert torch.equal(torch.cat(steps.history, dim=1), full.history[0])
     torch.testing.assert_close(torch.cat(step_logits, dim=1), logits, rtol=1e-3, atol=1e-3)
-    assert 0 < full.stats.never_fired < full.stats.eligible, name  # adaptive: some tokens fired, some not
+    patterns = {tuple(row) for row in full.history[0][0, 4:].tolist()}
+    assert len(patterns) > 1 and full.stats.skipped, name  # adaptive: tokens trigger at different layers
 
 
 @torch.no_grad()
