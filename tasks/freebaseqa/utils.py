@@ -11,6 +11,8 @@ import datasets
 
 from lmeval_ffnskip.data import locate
 
+PUNCTUATION = str.maketrans("", "", string.punctuation)
+
 
 def load(**kwargs: Any) -> datasets.DatasetDict:
     """The eval split; answers are the union of ``AnswersName`` over all parses."""
@@ -26,7 +28,7 @@ def load(**kwargs: Any) -> datasets.DatasetDict:
 
 def normalize(text: str) -> str:
     """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = text.lower().translate(PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
