@@ -1,14 +1,16 @@
 """Decode speed of HF ``generate`` with and without FFN skipping, against the ideal bound.
 
-Decode time is ``T(generate 1 + n new tokens) - T(generate 1 new token)``: n decoding
-steps through the same ``generate`` path lm-eval uses, EOS suppressed so every run decodes
-n tokens. ``t_ffn`` is the decode time saved by skipping every FFN; a run that skips a
-share s of all FFN blocks can at best reach ``t_dense / (t_dense - s * t_ffn)``.
+Every forward pass of a ``generate`` call (the path lm-eval uses, EOS suppressed so every run
+decodes the same number of tokens) is timed: the first is the prefill, each later one a
+decoding step, and the decode time is the sum of the steps. ``t_ffn`` is the decode time
+saved by skipping every FFN; a run that skips a share s of all FFN blocks can at best reach
+``t_dense / (t_dense - s * t_ffn)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import platform
 import statistics
 import time
@@ -42,8 +44,10 @@ class Config:
     policy: SkipPolicy | None
 
 
-def default_configs(targets: tuple[float, ...]) -> list[Config]:
-    """Plain HF, the engine with skipping disabled or checking only, every FFN skipped, ffnskip per target."""
+def default_configs(
+    targets: tuple[float, ...], threshold: float = 0.9, methods: tuple[str, ...] = ("ffnskip",)
+) -> list[Config]:
+    """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per target."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
@@ -52,7 +56,11 @@ def default_configs(targets: tuple[float, ...]) -> list[Config]:
         Config("checks-only", SkipPolicy(threshold=1.0, warmup=0)),
         Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
     ]
-    configs += [Config(f"ffnskip-{t:g}", SkipPolicy(target_skip=t, warmup=0)) for t in targets]
+    configs += [
+        Config(f"{m}-{t:g}", SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold))
+        for m in methods
+        for t in targets
+    ]
     return configs
 
 
@@ -65,59 +73,122 @@ def _maybe_attach(model: nn.Module, policy: SkipPolicy | None) -> Iterator[objec
             yield engine
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class StepClock:
+    """Timestamps of a model's forward passes: the start of the first, the end of each.
+
+    CUDA events on a GPU (read once at the end, so timing adds no host sync), perf_counter
+    on CPU. In a ``generate`` call pass 0 is the prefill and every later pass one decoding step.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.cuda = model.device.type == "cuda"
+        self.marks: list[object] = []
+        self._handles = [
+            model.register_forward_pre_hook(lambda *_: None if self.marks else self._mark()),
+            model.register_forward_hook(lambda *_: self._mark()),
+        ]
+
+    def _mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Seconds between consecutive marks: [prefill, step 1, step 2, ...]."""
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in itertools.pairwise(self.marks)]
+        return [b - a for a, b in itertools.pairwise(self.marks)]
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 @torch.no_grad()
-def _generate_seconds(model: nn.Module, batch: dict, new_tokens: int) -> float:
-    _sync(model.device)
-    start = time.perf_counter()
-    model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    _sync(model.device)
-    return time.perf_counter() - start
+def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[float]:
+    clock = StepClock(model)
+    try:
+        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return clock.intervals()
+    finally:
+        clock.close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def prompt_batch(tokenizer: object, batch_size: int, device: torch.device | str) -> dict:
+    """The first ``batch_size`` bench prompts (cycled), left-padded, on ``device``."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
+    return dict(tokenizer(prompts, return_tensors="pt", padding=True).to(device))
 
 
 def decode_speed(
     model: nn.Module,
-    tokenizer: object,
+    batch: dict,
     configs: list[Config],
-    batch_size: int,
     new_tokens: int = 128,
     reps: int = 3,
 ) -> list[dict[str, object]]:
-    """Median decode tokens/s (rows x steps / second) of each configuration, with its skip ratio.
+    """Prefill and decode speed, per-token latency and peak memory of each configuration.
 
-    Repetitions go round-robin over the configurations, so drift in machine speed (other load,
-    clocks) spreads over all of them instead of biasing one.
+    Each run is one ``generate`` of ``new_tokens`` tokens (EOS suppressed) timed per forward
+    pass. After one warm-up run per configuration, repetitions go round-robin over the
+    configurations, so drift in machine speed (other load, clocks) spreads over all of them
+    instead of biasing one. Figures are medians over repetitions; latency percentiles pool
+    the decoding steps of all repetitions.
     """
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
-    times: dict[str, list[float]] = {c.name: [] for c in configs}
+    batch_size = len(batch["input_ids"])
+    prompt_tokens = int(batch["attention_mask"].sum())
+    runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
     ratios: dict[str, float] = {}
-    _generate_seconds(model, batch, 8)  # warm-up
+    peaks: dict[str, int | None] = {}
+    cuda = model.device.type == "cuda"
+    for config in configs:
+        with _maybe_attach(model, config.policy):
+            _timed_generate(model, batch, 8)
     for _ in range(reps):
         for config in configs:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(model.device)
             with _maybe_attach(model, config.policy) as engine:
-                prefill = _generate_seconds(model, batch, 1)
-                times[config.name].append(_generate_seconds(model, batch, new_tokens + 1) - prefill)
-            # prompts run full, so every skipped block belongs to a decoding step
-            ratios[config.name] = (
-                engine.stats.skipped / (batch_size * new_tokens * engine.stats.n_layers) if engine else 0.0
-            )
+                runs[config.name].append(_timed_generate(model, batch, new_tokens))
+            peaks[config.name] = torch.cuda.max_memory_allocated(model.device) if cuda else None
+            # the prompt runs full, so every skipped block is one of the new_tokens - 1 decoding
+            # passes' (the prefill pass itself emits the first new token)
+            decode_blocks = batch_size * (new_tokens - 1) * (engine.stats.n_layers if engine else 1)
+            ratios[config.name] = engine.stats.skipped / decode_blocks if engine else 0.0
     rows = []
     for config in configs:
-        seconds = statistics.median(times[config.name])
+        prefill = [run[0] for run in runs[config.name]]
+        decode = [sum(run[1:]) for run in runs[config.name]]
+        steps = [t for run in runs[config.name] for t in run[1:]]
+        seconds = statistics.median(decode)
+        peak = peaks[config.name]
         rows.append(
             {
                 "config": config.name,
                 "batch_size": batch_size,
                 "new_tokens": new_tokens,
+                "prompt_tokens": prompt_tokens,
+                "prefill_seconds": statistics.median(prefill),
+                "prefill_tokens_per_s": prompt_tokens / statistics.median(prefill),
                 "decode_seconds": seconds,
-                "decode_seconds_spread": max(times[config.name]) - min(times[config.name]),
-                "tokens_per_s": batch_size * new_tokens / seconds,
+                "decode_seconds_spread": max(decode) - min(decode),
+                "tokens_per_s": batch_size * (new_tokens - 1) / seconds,
+                "latency_ms_p50": 1000 * _percentile(steps, 50),
+                "latency_ms_p90": 1000 * _percentile(steps, 90),
+                "latency_ms_p99": 1000 * _percentile(steps, 99),
+                "peak_memory_mb": None if peak is None else peak / 2**20,
                 "skip_ratio": ratios[config.name],
             }
         )
@@ -132,6 +203,8 @@ def add_ideal(rows: list[dict[str, object]]) -> None:
         t_ffn = t_dense - group["skip-all"]["decode_seconds"]
         for row in group.values():
             row["speedup"] = t_dense / row["decode_seconds"]
+            if "hf" in group:
+                row["vs_hf"] = group["hf"]["decode_seconds"] / row["decode_seconds"]
             row["ideal_speedup"] = t_dense / (t_dense - row["skip_ratio"] * t_ffn)
             row["share_of_ideal"] = (
                 (row["speedup"] - 1) / (row["ideal_speedup"] - 1) if row["skip_ratio"] else None

@@ -4,12 +4,14 @@
 
 - a pre-hook on the decoder stack works out, per forward pass, which tokens are real,
   their positions, and which are eligible (``policy.py``);
-- a pre-hook on each FFN input norm keeps the residual stream ``h``;
-- each ``mlp.forward`` is wrapped: rows that skip get a zero FFN output (so the layer's
-  ``h + out`` is exactly ``h``) and are never fed to the FFN; rows that run are gathered
-  when only some do. After the FFN, the similarity of ``h`` and ``h + out`` is measured for
-  the tokens still looking for their trigger.
+- in the layers the method can touch (``LayerLayout.checked`` / ``skippable``; no other layer
+  is hooked), the FFN input norm's ``forward`` is wrapped to keep the residual stream ``h``
+  where similarity is measured, and ``mlp.forward`` is wrapped: rows that skip get a zero
+  FFN output (so the layer's ``h + out`` is exactly ``h``) and are never fed to the FFN;
+  rows that run are gathered when only some do. After the FFN, the similarity of ``h`` and
+  ``h + out`` is measured for the tokens still looking for their trigger.
 
+A pass with no eligible token (prompt, warm-up) goes straight through the stock modules.
 Attention is untouched, so every layer's KV cache holds every position. The only host
 reads are the trigger decisions, and each is read at the next layer's FFN, after that
 layer's attention has been queued, so on a GPU the read overlaps attention work.
@@ -22,7 +24,6 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapters import FFNSite, ffn_sites
@@ -42,32 +43,38 @@ class SkipEngine:
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
         self._rule: TokenRule | None = None
         self._shape: tuple[int, int] = (0, 0)
-        self._real = 0
         self._prompt_len: torch.Tensor | None = None
         self._h: torch.Tensor | None = None
-        self._pending: tuple[int, torch.Tensor, torch.Tensor, torch.cuda.Event | None] | None = None
+        self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._patched: list[nn.Module] = []
 
     # -- install / remove -------------------------------------------------------------
     def install(self) -> None:
-        """Hook the model (in place)."""
-        if any("forward" in vars(site.mlp) for site in self.sites):
+        """Hook the model (in place): the decoder stack, and only the layers the method can touch."""
+        if any("forward" in vars(m) for site in self.sites for m in (site.mlp, site.in_norm)):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         self._handles.append(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         self._handles.append(self.decoder.register_forward_hook(self._end))
-        if self.policy.method == "dense":
-            return
+        checked, skippable = self.layout.checked, self.layout.skippable
         for site in self.sites:
-            self._handles.append(site.in_norm.register_forward_pre_hook(self._keep_residual))
-            site.mlp.forward = partial(self._ffn, site, site.mlp.forward)
+            if site.index in checked:
+                self._patch(site.in_norm, partial(self._keep_residual, site.in_norm.forward))
+            if site.index in checked or site.index in skippable:
+                self._patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
+
+    def _patch(self, module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        module.forward = forward
+        self._patched.append(module)
 
     def remove(self) -> None:
         """Undo ``install``."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for site in self.sites:
-            vars(site.mlp).pop("forward", None)
+        for module in self._patched:
+            vars(module).pop("forward", None)
+        self._patched.clear()
 
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -91,37 +98,45 @@ class SkipEngine:
             self._prompt_len = real.sum(1) if past == 0 else before
         since = pos if self.policy.skip_prompt else pos - self._prompt_len[:, None]
         eligible = self.policy.eligible(since, real).reshape(-1)
+        self._shape = (batch, length)
+        self.stats.tokens += int(real.sum())
+        # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
+        active = self.layout.k > 0 and bool(eligible.any())
         positions = pos.clamp(min=0).reshape(-1)
-        self._rule = TokenRule(self.policy, self.layout, eligible, positions, self._draws)
-        self._shape, self._real = (batch, length), int(real.sum())
+        self._rule = TokenRule(self.policy, self.layout, eligible, positions, self._draws) if active else None
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
-        rule = self._rule
+        rule, self._rule, self._h = self._rule, None, None
         if rule is None:
+            if self.history is not None:
+                self.history.append(torch.zeros(*self._shape, self.layout.n_layers, dtype=torch.bool))
             return
-        self._resolve()
+        self._resolve(rule)
         stats = self.stats
-        stats.tokens += self._real
-        stats.eligible += int(rule.eligible.sum())
+        stats.eligible += rule.n_eligible
         stats.skipped += sum(rule.skip_count)
         stats.never_fired += rule.never_fired()
         stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, rule.skip_count, strict=True)]
         if self.history is not None:
             self.history.append(rule.skip.view(*self._shape, -1))
-        self._rule, self._h = None, None
 
     # -- per layer ----------------------------------------------------------------------
-    def _keep_residual(self, module: nn.Module, args: tuple) -> None:
-        self._h = args[0]
+    def _keep_residual(
+        self, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
+    ) -> torch.Tensor:
+        """Keep the FFN's input residual stream for the similarity check."""
+        self._h = h
+        return forward(h)
 
     def _ffn(
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
         rule = self._rule
-        if rule is None:  # called outside a decoder pass
+        if rule is None:  # nothing eligible in this pass, or called outside a decoder pass
             return forward(x)
-        self._resolve()
-        layer, n = site.index, rule.eligible.numel()
+        if self._pending is not None:
+            self._resolve(rule)
+        layer, n = site.index, rule.n
         n_skip = rule.skip_count[layer]
         if n_skip == 0:
             y = forward(x)
@@ -137,32 +152,43 @@ class SkipEngine:
         return y
 
     def _measure(self, site: FFNSite, rule: TokenRule, y: torch.Tensor) -> None:
-        """Queue cos(h, h + block) >= threshold for the tokens still looking for a trigger."""
-        n = rule.eligible.numel()
+        """Queue the Gram matrix of (h, block) for the rows still looking for a trigger.
+
+        Two device ops (stack, bmm) and one small copy; the cosine and the threshold are
+        worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed.
+        """
+        n, rows = rule.n, rule.checking
         h, out = self._h.reshape(n, -1), y.reshape(n, -1)
-        rows = rule.checking.nonzero().squeeze(1)
         if len(rows) < n:
-            idx = rows.to(h.device, non_blocking=True)
+            idx = torch.tensor(rows).to(h.device, non_blocking=True)
             h, out = h.index_select(0, idx), out.index_select(0, idx)
         block = site.out_norm(out) if site.out_norm is not None else out
-        hit = F.cosine_similarity(h.float(), (h + block).float(), dim=-1) >= self.policy.threshold
+        pair = torch.stack((h, block), dim=-2).float()
+        gram = torch.bmm(pair, pair.mT)
         event = None
-        if hit.is_cuda:
-            hit = hit.to("cpu", non_blocking=True)
+        if gram.is_cuda:
+            gram = gram.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._pending = (site.index, rows, hit, event)
+        self._pending = (site.index, list(rows), gram, event)
 
-    def _resolve(self) -> None:
+    def _resolve(self, rule: TokenRule) -> None:
         """Apply the queued trigger decisions (the one host sync of a check)."""
         if self._pending is None:
             return
-        layer, rows, hit, event = self._pending
+        layer, rows, gram, event = self._pending
         self._pending = None
         if event is not None:
             event.synchronize()
         self.stats.host_syncs += 1
-        self._rule.fired(layer, rows, hit)
+        rule.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
+
+
+def _cosine(gram: list[list[float]]) -> float:
+    """cos(h, h + b) from the Gram matrix [[h.h, h.b], [b.h, b.b]] (0 for a zero vector)."""
+    (hh, hb), (_, bb) = gram
+    norms = (hh * max(hh + 2 * hb + bb, 0.0)) ** 0.5
+    return (hh + hb) / norms if norms > 0 else 0.0
 
 
 @contextmanager

@@ -110,7 +110,7 @@ class SkipPolicy:
                 f"method={self.method} can skip at most {max(limit, 0)} with cold_start={cold_start}, "
                 f"cold_end={cold_end}; lower target_skip or the cold layers"
             )
-        return LayerLayout(n_layers, cold_start, cold_end, k)
+        return LayerLayout(n_layers, cold_start, cold_end, k, self.method)
 
     def eligible(self, since: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Tokens the rule applies to. ``since``: steps from where warm-up counting starts."""
@@ -139,24 +139,43 @@ def _to_int(raw: object) -> int:
 
 @dataclass(frozen=True)
 class LayerLayout:
-    """Depth-resolved policy: the non-cold range and k, the FFNs to skip per eligible token."""
+    """Depth-resolved policy: the non-cold range, k (FFNs skipped per eligible token) and the
+    layers each method can touch, so the engine hooks no other layer."""
 
     n_layers: int
     cold_start: int
     cold_end: int
     k: int
+    method: str = "ffnskip"
 
     @property
     def mid(self) -> range:
         """The non-cold layers."""
         return range(self.cold_start, self.n_layers - self.cold_end)
 
+    @property
+    def checked(self) -> range:
+        """Layers whose similarity ``ffnskip`` measures (all non-cold ones but the last)."""
+        return range(self.mid.start, self.mid.stop - 1) if self.method == "ffnskip" else range(0)
+
+    @property
+    def skippable(self) -> range:
+        """Layers whose FFN the method can skip."""
+        mid = self.mid
+        return {
+            "ffnskip": range(mid.start + 1, mid.stop),
+            "static": mid,
+            "random": range(self.n_layers),
+        }.get(self.method, range(0))
+
 
 class TokenRule:
     """Skip decisions for the N tokens of one forward pass, made layer by layer on the host.
 
     ``skip[n, l]`` is filled as decisions become known: up front for the random baselines, and
-    for ``ffnskip`` when the similarity measured at a layer fires for a token.
+    for ``ffnskip`` when the similarity measured at a layer reaches the threshold for a token.
+    ``checking`` lists the rows still looking for their trigger (plain ints: at batch 1 the
+    per-layer bookkeeping must cost next to nothing).
     """
 
     def __init__(
@@ -167,36 +186,37 @@ class TokenRule:
         positions: torch.Tensor,
         draws: RandomDraws | None,
     ) -> None:
-        self.policy, self.layout = policy, layout
-        self.eligible = eligible
-        n, n_layers = eligible.numel(), layout.n_layers
-        self.skip = torch.zeros(n, n_layers, dtype=torch.bool)
-        self.checking = eligible.clone() if policy.method == "ffnskip" else torch.zeros(n, dtype=torch.bool)
-        self.n_checking = int(self.checking.sum()) if policy.threshold <= 1.0 and layout.k else 0
+        self.threshold, self.layout = policy.threshold, layout
+        self.n = eligible.numel()
+        self.n_eligible = int(eligible.sum())
+        self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
+        searching = layout.method == "ffnskip" and layout.k > 0 and policy.threshold <= 1.0
+        self.checking: list[int] = eligible.nonzero().squeeze(1).tolist() if searching else []
+        self._never = self.n_eligible - len(self.checking) if layout.method == "ffnskip" else 0
         if draws is not None and layout.k:
             self.skip[eligible] = draws.take(positions[eligible])
         self.skip_count = self.skip.sum(0).tolist()
+        self._checked = layout.checked
 
     def checks_at(self, layer: int) -> bool:
         """Whether similarity is measured at ``layer`` (for the rows in ``self.checking``)."""
-        mid = self.layout.mid
-        return self.n_checking > 0 and mid.start <= layer < mid.stop - 1
+        return bool(self.checking) and layer in self._checked
 
-    def fired(self, layer: int, rows: torch.Tensor, hit: torch.Tensor) -> None:
-        """Similarity of ``rows`` at ``layer`` was measured; ``hit`` marks those that reached it."""
-        fired_rows = rows[hit]
-        if not fired_rows.numel():
+    def measured(self, layer: int, rows: list[int], cosines: list[float]) -> None:
+        """cos(h, h + FFN) of ``rows`` at ``layer``; rows reaching the threshold skip the next k FFNs."""
+        fired = [row for row, cos in zip(rows, cosines, strict=True) if cos >= self.threshold]
+        if not fired:
             return
-        self.checking[fired_rows] = False
-        self.n_checking -= fired_rows.numel()
+        done = set(fired)
+        self.checking = [row for row in self.checking if row not in done]
         stop = min(layer + 1 + self.layout.k, self.layout.mid.stop)
-        self.skip[fired_rows, layer + 1 : stop] = True
+        self.skip[fired, layer + 1 : stop] = True
         for j in range(layer + 1, stop):
-            self.skip_count[j] += fired_rows.numel()
+            self.skip_count[j] += len(fired)
 
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
-        return int(self.checking.sum()) if self.policy.method == "ffnskip" else 0
+        return self._never + len(self.checking)
 
 
 class RandomDraws:

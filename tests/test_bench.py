@@ -1,0 +1,37 @@
+"""``ffnskip bench`` on a tiny model: timing per pass, achieved ratios, the ideal bound."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from lmeval_ffnskip.bench import Config, add_ideal, decode_speed, default_configs
+from lmeval_ffnskip.policy import SkipPolicy
+
+
+def test_decode_speed_rows_and_ideal():
+    model = tiny_model("llama")
+    batch = {
+        "input_ids": torch.randint(3, 97, (2, 6)),
+        "attention_mask": torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]),
+    }
+    configs = [*default_configs((0.25,)), Config("static-0.5", SkipPolicy(method="static", target_skip=0.5))]
+    rows = decode_speed(model, batch, configs, new_tokens=5, reps=2)
+    add_ideal(rows)
+    by = {r["config"]: r for r in rows}
+    assert set(by) == {c.name for c in configs}
+    for row in rows:
+        assert row["prompt_tokens"] == 11 and row["batch_size"] == 2
+        assert row["tokens_per_s"] == 2 * 4 / row["decode_seconds"] > 0
+        assert 0 < row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]
+        assert row["peak_memory_mb"] is None  # CPU
+    # skip ratios are over decoding passes only: warmup=0 makes every decoding step eligible
+    skip_all = by["skip-all"]
+    assert skip_all["skip_ratio"] == 1.0 and skip_all["ideal_speedup"] == pytest.approx(skip_all["speedup"])
+    assert by["static-0.5"]["skip_ratio"] == 0.0  # default warmup 25 > 4 decoding steps
+    assert by["ffnskip-off"]["skip_ratio"] == by["dense"]["skip_ratio"] == by["hf"]["skip_ratio"] == 0.0
+    assert by["dense"]["speedup"] == 1.0 and by["dense"]["ideal_speedup"] == 1.0
+    assert by["dense"]["share_of_ideal"] is None
+    assert 0 < by["ffnskip-0.25"]["skip_ratio"] <= 0.25
+    assert by["hf"]["vs_hf"] == 1.0
