@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import tarfile
 import threading
 from pathlib import Path
 
@@ -40,16 +41,16 @@ def test_local_copy_is_used(monkeypatch):
 
 
 def test_download_is_verified_and_cached(empty_cache, loopback_server, monkeypatch):
-    good = data.Source(REL, f"{loopback_server}/good/{REL}", data.SOURCES["freebaseqa"].check)
+    good = data.Source(REL, f"{loopback_server}/good/{REL}", data.SOURCES["freebaseqa"].build)
     monkeypatch.setitem(data.SOURCES, "freebaseqa", good)
     path = data.locate("freebaseqa")
     assert path == empty_cache / REL and path.read_bytes() == (Path(DATA_DIR) / REL).read_bytes()
-    monkeypatch.setitem(data.SOURCES, "freebaseqa", data.Source(REL, "http://127.0.0.1:9/x", good.check))
+    monkeypatch.setitem(data.SOURCES, "freebaseqa", data.Source(REL, "http://127.0.0.1:9/x", good.build))
     assert data.locate("freebaseqa") == path  # cached: no second download
 
 
 def test_corrupt_download_is_rejected(empty_cache, loopback_server, monkeypatch):
-    bad = data.Source(REL, f"{loopback_server}/bad.json", data.SOURCES["freebaseqa"].check)
+    bad = data.Source(REL, f"{loopback_server}/bad.json", data.SOURCES["freebaseqa"].build)
     monkeypatch.setitem(data.SOURCES, "freebaseqa", bad)
     with pytest.raises(FileNotFoundError, match="not valid"):
         data.locate("freebaseqa")
@@ -57,9 +58,32 @@ def test_corrupt_download_is_rejected(empty_cache, loopback_server, monkeypatch)
 
 
 def test_offline_error_names_dataset_variable_and_url(empty_cache, monkeypatch):
-    offline = data.Source(REL, "http://127.0.0.1:9/FreebaseQA-eval.json", data.SOURCES["freebaseqa"].check)
+    offline = data.Source(REL, "http://127.0.0.1:9/FreebaseQA-eval.json", data.SOURCES["freebaseqa"].build)
     monkeypatch.setitem(data.SOURCES, "freebaseqa", offline)
     with pytest.raises(
         FileNotFoundError, match=r"dataset 'freebaseqa': FFNSKIP_DATA_DIR is not set.*127\.0\.0\.1:9"
     ):
         data.locate("freebaseqa")
+
+
+def test_folder_download_from_archive(empty_cache, tmp_path, monkeypatch):
+    """MMLU comes as hendrycks' data.tar; the cached folder holds its CSVs, nothing half-built."""
+    archive = tmp_path / "serve" / "data.tar"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w") as tar:
+        for split in ("dev", "test", "val"):
+            tar.add(Path(DATA_DIR) / "mmlu" / split, arcname=f"data/{split}")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(archive.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/data.tar"
+    monkeypatch.setitem(data.SOURCES, "mmlu", data.Source("mmlu", url, data.SOURCES["mmlu"].build))
+    try:
+        path = data.locate("mmlu")
+    finally:
+        server.shutdown()
+    assert path == empty_cache / "mmlu"
+    expected = Path(DATA_DIR) / "mmlu" / "test" / "anatomy_test.csv"
+    assert (path / "test" / "anatomy_test.csv").read_bytes() == expected.read_bytes()
+    assert len(list((path / "test").glob("*.csv"))) == 57
+    assert [p.name for p in empty_cache.iterdir()] == ["mmlu"]

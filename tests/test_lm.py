@@ -102,6 +102,32 @@ def test_generation_records_stats(task_manager):
     assert set(out["results"]["freebaseqa"]) >= {"exact_match,none", "contains,none"}
 
 
+def test_offline_tasks_replace_the_downloading_builtins(task_manager):
+    """Our mmlu / wikitext carry the built-ins' names and prompts but read the data directory."""
+    names = set(task_manager.all_tasks)
+    assert {"mmlu", "mmlu_anatomy", "wikitext", "cnn_dailymail_ctx", "cnn_dailymail_paper"} <= names
+    loaded = task_manager.load(["mmlu_anatomy", "wikitext"])["tasks"]
+    anatomy = loaded["mmlu_anatomy"]
+    assert callable(anatomy.config.custom_dataset) and len(anatomy.eval_docs) == 135
+    doc = anatomy.eval_docs[0]
+    assert anatomy.doc_to_text(doc).endswith("\nD. " + doc["choices"][3] + "\nAnswer:")
+    assert len(loaded["wikitext"].eval_docs) == 62
+
+
+def test_offline_tasks_run_with_skipping(task_manager):
+    tasks = ["wikitext", "mmlu_anatomy", "cnn_dailymail_small"]
+    out = _evaluate("ffnskip", "target_skip=0.25,skip_prompt=true,warmup=8", tasks, task_manager, limit=1)
+    results = out["results"]
+    assert 1 < results["wikitext"]["word_perplexity,none"] < 1e4
+    assert results["mmlu_anatomy"]["acc,none"] in (0.0, 1.0)
+    cnn = results["cnn_dailymail_small"]
+    assert 0 <= cnn["rougeL,none"] <= 100 and 0 <= cnn["repeated_4gram_rate,none"] <= 1
+    summary = out["samples"]["cnn_dailymail_small"][0]["resps"][0][0]
+    assert summary.strip() and "Story:" not in summary
+    stats = out["config"]["ffnskip"]["stats"]
+    assert stats["skipped"] > 0 and 0.2 < stats["skip_ratio_eligible"] <= 8 / 30
+
+
 def _results(out: Path) -> dict:
     files = list(out.rglob("results_*.json"))
     assert len(files) == 1, files

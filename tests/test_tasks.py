@@ -1,0 +1,84 @@
+"""Task data loaders and metrics, on the shared data (no model)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+from lmeval_ffnskip.data import tasks_dir
+from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
+
+
+def _utils(task: str) -> object:
+    """A task folder's ``utils.py`` as its own module (each task folder has one)."""
+    spec = importlib.util.spec_from_file_location(f"{task}_utils", tasks_dir() / task / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def shared_data(monkeypatch):
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+
+
+def test_wikitext_splits_into_the_62_test_articles():
+    wiki = _utils("wikitext")
+    pages = wiki.load()["test"]["page"]
+    assert len(pages) == 62
+    assert pages[0].startswith(" = Robert Boulter = \n Robert Boulter is an English film")
+    assert all(p.startswith(" = ") and not p.startswith(" = = ") for p in pages)
+    assert "\r" not in "".join(pages)
+    assert 230_000 < sum(len(p.split()) for p in pages) < 250_000  # ~241k words, as documented
+
+
+def test_mmlu_rows_follow_the_csv_in_cais_schema():
+    mmlu = _utils("mmlu")
+    ds = mmlu.load(subject="anatomy")
+    assert {k: len(v) for k, v in ds.items()} == {"test": 135, "dev": 5, "validation": 14}
+    with (Path(DATA_DIR) / "mmlu" / "test" / "anatomy_test.csv").open(newline="") as f:
+        first = next(csv.reader(f))
+    row = ds["test"][0]
+    assert row["question"] == first[0] and row["choices"] == first[1:5]
+    assert "ABCD"[row["answer"]] == first[5] and row["subject"] == "anatomy"
+    with pytest.raises(FileNotFoundError, match="MMLU subject 'anatomyy'"):
+        mmlu.load(subject="anatomyy")
+
+
+def test_cnn_buckets_partition_the_stories_by_length():
+    cnn = _utils("cnn_dailymail")
+    sizes = {}
+    for bucket, (lo, hi) in cnn.BUCKETS.items():
+        docs = cnn.load_bucket(bucket)["test"]
+        assert all(lo <= len(a.split()) <= hi for a in docs["article"])
+        sizes[bucket] = len(docs)
+    assert sum(sizes.values()) == 250 and min(sizes.values()) > 0
+    paper = cnn.load_paper()["test"]
+    assert len(paper) == 90 and paper["bucket"].count("large") == 30
+    assert all(p["highlights"] and "@highlight" not in p["article"] for p in paper)
+
+
+def test_parse_story():
+    cnn = _utils("cnn_dailymail")
+    assert cnn.parse_story("Body text.\n\n@highlight\n\nFirst point\n\n@highlight\n\nSecond") == (
+        "Body text.",
+        "First point\nSecond",
+    )
+
+
+def test_metrics():
+    assert rouge("the cat sat on the mat", "the cat sat on the mat") == {
+        "rouge1": 100.0,
+        "rouge2": 100.0,
+        "rougeL": 100.0,
+    }
+    assert rouge("dogs bark", "the cat sat")["rouge1"] == 0.0
+    assert repeated_ngram_rate("a b c d a b c d a b c d") == pytest.approx(1 - 4 / 9)
+    assert repeated_ngram_rate("one two three four five") == 0.0
+    assert repeated_ngram_rate("too short") == 0.0
