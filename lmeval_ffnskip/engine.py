@@ -101,8 +101,8 @@ class SkipEngine:
         self._shape = (batch, length)
         self.stats.tokens += int(real.sum())
         # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
-        active = self.layout.k > 0 and bool(eligible.any())
         positions = pos.clamp(min=0).reshape(-1)
+        active = bool(eligible.any())
         self._rule = TokenRule(self.policy, self.layout, eligible, positions, self._draws) if active else None
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:

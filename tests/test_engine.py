@@ -177,3 +177,14 @@ def test_double_attach_is_refused():
     with attach(model, SkipPolicy()), pytest.raises(RuntimeError, match="already"):
         with attach(model, SkipPolicy()):
             pass
+
+
+@torch.no_grad()
+def test_zero_budget_still_counts_eligible_tokens():
+    """target_skip rounding to k=0 skips nothing, but the tokens were eligible and are counted."""
+    model = tiny_model("llama")
+    with attach(model, SkipPolicy(target_skip=0.01, warmup=0)) as engine:
+        model.generate(_ids(1, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert engine.layout.k == 0
+    assert engine.stats.eligible == 3 and engine.stats.skipped == 0
+    assert engine.stats.never_fired == 3  # the rule had no budget to spend, so it never fired
