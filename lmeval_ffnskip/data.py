@@ -68,24 +68,11 @@ def _cnn_from_parquet(download: Path, target: Path) -> None:
     target.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def _mmlu_from_tar(download: Path, target: Path) -> None:
-    """hendrycks' data.tar -> ``{dev,test,val}/*.csv`` in ``target``."""
-    with tarfile.open(download) as tar:
-        members = [
-            m
-            for m in tar.getmembers()
-            if m.isfile() and m.name.endswith(".csv") and m.name.split("/")[-2] in ("dev", "test", "val")
-        ]
-        if len([m for m in members if m.name.split("/")[-2] == "test"]) != 57:
-            raise ValueError("expected 57 test CSVs in data/test/")
-        for m in members:
-            out = target / m.name.split("/")[-2] / m.name.split("/")[-1]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(tar.extractfile(m).read())
-
-
-def _from_repo_tar(folder_of: Callable[[str], str | None]) -> Callable[[Path, Path], None]:
-    """Build step that copies the files of a GitHub tarball that ``folder_of`` maps to a subfolder."""
+def _from_tar(
+    folder_of: Callable[[str], str | None], check: Callable[[Path], None] | None = None
+) -> Callable[[Path, Path], None]:
+    """Build step that copies the archive's files that ``folder_of`` maps to a subfolder of
+    the target (None: leave the file out), then runs ``check`` on the result."""
 
     def build(download: Path, target: Path) -> None:
         with tarfile.open(download) as tar:
@@ -97,8 +84,21 @@ def _from_repo_tar(folder_of: Callable[[str], str | None]) -> Callable[[Path, Pa
                 out = target / sub / m.name.rsplit("/", 1)[-1]
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(tar.extractfile(m).read())
+        if check is not None:
+            check(target)
 
     return build
+
+
+def _mmlu_split(name: str) -> str | None:
+    """hendrycks' ``data/{dev,test,val}/*.csv`` keep their split folder."""
+    parts = name.split("/")
+    return parts[-2] if name.endswith(".csv") and parts[-2:-1] in (["dev"], ["test"], ["val"]) else None
+
+
+def _check_mmlu(target: Path) -> None:
+    if len(list((target / "test").glob("*.csv"))) != 57:
+        raise ValueError("expected 57 test CSVs in data/test/")
 
 
 def _story_bucket(name: str) -> str | None:
@@ -141,14 +141,16 @@ SOURCES: dict[str, Source] = {
         f"{HF}/Salesforce/wikitext/resolve/main/wikitext-2-raw-v1/test-00000-of-00001.parquet",
         _wikitext_from_parquet,
     ),
-    "mmlu": Source("mmlu", "https://people.eecs.berkeley.edu/~hendrycks/data.tar", _mmlu_from_tar),
+    "mmlu": Source(
+        "mmlu", "https://people.eecs.berkeley.edu/~hendrycks/data.tar", _from_tar(_mmlu_split, _check_mmlu)
+    ),
     # upstream has the whole test split (11,490 stories); the shared copy is a 250-story subset
     "cnn_dailymail": Source(
         "cnn_dailymail/test250.jsonl",
         f"{HF}/abisee/cnn_dailymail/resolve/main/3.0.0/test-00000-of-00001.parquet",
         _cnn_from_parquet,
     ),
-    "cnn_dailymail_paper": Source("cnn_dailymail/paper_stories", LAYER_SKIP, _from_repo_tar(_story_bucket)),
+    "cnn_dailymail_paper": Source("cnn_dailymail/paper_stories", LAYER_SKIP, _from_tar(_story_bucket)),
     "mt_bench": Source(
         "mt_bench/question.jsonl", f"{FASTCHAT}/question.jsonl", _moved(_check_jsonl("question_id", "turns"))
     ),
@@ -162,7 +164,7 @@ SOURCES: dict[str, Source] = {
         "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/judge_prompts.jsonl",
         _moved(_check_jsonl("name", "prompt_template")),
     ),
-    "vicuna80": Source("vicuna80", LAYER_SKIP, _from_repo_tar(_vicuna_table)),
+    "vicuna80": Source("vicuna80", LAYER_SKIP, _from_tar(_vicuna_table)),
 }
 
 

@@ -170,7 +170,7 @@ class SkipEngine:
             gram = gram.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._pending = (site.index, list(rows), gram, event)
+        self._pending = (site.index, rows, gram, event)  # measured() replaces, never mutates, checking
 
     def _resolve(self, rule: TokenRule) -> None:
         """Apply the queued trigger decisions (the one host sync of a check)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from types import ModuleType
 
 import pytest
 import torch
@@ -12,6 +15,17 @@ ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 DATA_DIR = os.environ.get(
     "FFNSKIP_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 )
+
+
+def task_utils(task: str) -> ModuleType:
+    """A task folder's ``utils.py`` as its own module (each task folder has one)."""
+    from lmeval_ffnskip.data import tasks_dir
+
+    spec = importlib.util.spec_from_file_location(f"{task}_utils", tasks_dir() / task / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_model(model_type: str, n_layers: int = 8, seed: int = 0) -> torch.nn.Module:

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, task_utils
 
-from lmeval_ffnskip.data import tasks_dir
-
-spec = importlib.util.spec_from_file_location("fbqa_utils", tasks_dir() / "freebaseqa" / "utils.py")
-utils = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(utils)
+utils = task_utils("freebaseqa")
 
 
 def test_load_unions_aliases_over_parses(monkeypatch):

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, task_utils
 
-from lmeval_ffnskip.data import tasks_dir
 from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
-
-
-def _utils(task: str) -> object:
-    """A task folder's ``utils.py`` as its own module (each task folder has one)."""
-    spec = importlib.util.spec_from_file_location(f"{task}_utils", tasks_dir() / task / "utils.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +17,7 @@ def shared_data(monkeypatch):
 
 
 def test_wikitext_splits_into_the_62_test_articles():
-    wiki = _utils("wikitext")
+    wiki = task_utils("wikitext")
     pages = wiki.load()["test"]["page"]
     assert len(pages) == 62
     assert pages[0].startswith(" = Robert Boulter = \n Robert Boulter is an English film")
@@ -39,7 +27,7 @@ def test_wikitext_splits_into_the_62_test_articles():
 
 
 def test_mmlu_rows_follow_the_csv_in_cais_schema():
-    mmlu = _utils("mmlu")
+    mmlu = task_utils("mmlu")
     ds = mmlu.load(subject="anatomy")
     assert {k: len(v) for k, v in ds.items()} == {"test": 135, "dev": 5, "validation": 14}
     with (Path(DATA_DIR) / "mmlu" / "test" / "anatomy_test.csv").open(newline="") as f:
@@ -52,7 +40,7 @@ def test_mmlu_rows_follow_the_csv_in_cais_schema():
 
 
 def test_cnn_buckets_partition_the_stories_by_length():
-    cnn = _utils("cnn_dailymail")
+    cnn = task_utils("cnn_dailymail")
     sizes = {}
     for bucket, (lo, hi) in cnn.BUCKETS.items():
         docs = cnn.load_bucket(bucket)["test"]
@@ -65,7 +53,7 @@ def test_cnn_buckets_partition_the_stories_by_length():
 
 
 def test_parse_story():
-    cnn = _utils("cnn_dailymail")
+    cnn = task_utils("cnn_dailymail")
     assert cnn.parse_story("Body text.\n\n@highlight\n\nFirst point\n\n@highlight\n\nSecond") == (
         "Body text.",
         "First point\nSecond",
