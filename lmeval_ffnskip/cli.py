@@ -1,8 +1,9 @@
 """The ``ffnskip`` command (also ``python -m lmeval_ffnskip``).
 
-``ffnskip bench ...`` measures decode speed; any other arguments go to lm-eval's own CLI with
-``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...``
-is ``lm_eval --model ffnskip --tasks ...``.
+Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge).
+Any other arguments go to lm-eval's own CLI with
+``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
+``lm_eval --model ffnskip --tasks ...``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-SUBCOMMANDS = ("bench",)
 
 
 def bench_main(argv: list[str]) -> int:
@@ -76,11 +75,95 @@ def bench_main(argv: list[str]) -> int:
     return 0
 
 
+def _samples_files(paths: list[Path]) -> list[Path]:
+    """The given files, and the mt_bench / vicuna80 samples files under the given folders."""
+    files = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(
+                f for task in ("mt_bench", "vicuna80") for f in p.rglob(f"samples_{task}_*.jsonl")
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    if not files:
+        raise FileNotFoundError(f"no samples_mt_bench_*.jsonl or samples_vicuna80_*.jsonl under {paths}")
+    return files
+
+
+def judge_main(argv: list[str]) -> int:
+    """Grade logged mt_bench / vicuna80 samples with an LLM judge; exit 1 if some requests failed."""
+    import os
+
+    from . import judge
+    from .checkpoints import cache_root
+
+    parser = argparse.ArgumentParser(
+        prog="ffnskip judge",
+        description="Grade lm-eval --log_samples output of mt_bench (single-answer, 1-10) and vicuna80 "
+        "(pairwise vs GPT-3.5) with a judge model behind an OpenAI-compatible endpoint.",
+    )
+    parser.add_argument(
+        "samples", nargs="+", type=Path, help="samples_*.jsonl files or lm-eval output folders"
+    )
+    parser.add_argument("--base-url", default="https://api.openai.com/v1", help="endpoint root (…/v1)")
+    parser.add_argument(
+        "--judge-model", default="gpt-4", help="judge model name (default gpt-4, as MT-Bench)"
+    )
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
+    parser.add_argument("--workers", type=int, default=4, help="parallel requests (default 4)")
+    parser.add_argument("--retries", type=int, default=5, help="retries per request, exponential back-off")
+    parser.add_argument("--cache", type=Path, default=cache_root() / "judge_cache.jsonl")
+    parser.add_argument("--json", type=Path, help="write every judgment and the summaries here")
+    args = parser.parse_args(argv)
+    endpoint = judge.Endpoint(
+        args.base_url, args.judge_model, os.environ.get(args.api_key_env), retries=args.retries
+    )
+    client = judge.Judge(endpoint, args.cache)
+    results = {}
+    try:
+        for path in _samples_files(args.samples):
+            samples = judge.read_samples(path)
+            task = judge.task_of(samples, path)
+            records = judge.run(client, judge.queries(task, samples), args.workers)
+            results[str(path)] = {
+                "task": task,
+                "summary": judge.summarize(task, records),
+                "judgments": records,
+            }
+    except (ValueError, KeyError, FileNotFoundError, judge.JudgeError) as err:
+        print(f"ffnskip judge: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if args.json and results:
+            payload = {"judge": {"base_url": args.base_url, "model": args.judge_model}, "results": results}
+            args.json.write_text(json.dumps(payload, indent=2))
+    print(
+        f"{'task':<10}{'score':>7}{'gpt-3.5':>8}{'win/tie/loss':>13}{'ok':>5}{'unparsed':>9}{'error':>6}"
+        "  file"
+    )
+    for path, r in results.items():
+        s = r["summary"]
+        score = "" if s["score"] is None else f"{s['score']:.2f}"
+        other = "" if s.get("gpt35_score") is None else f"{s['gpt35_score']:.2f}"
+        wtl = f"{s['win']}/{s['tie']}/{s['loss']}" if "win" in s else ""
+        print(
+            f"{r['task']:<10}{score:>7}{other:>8}{wtl:>13}{s['ok']:>5}{s['unparseable']:>9}{s['error']:>6}  "
+            f"{path}"
+        )
+    print(f"{client.calls} requests to {args.base_url}; cache {args.cache}")
+    return 1 if any(r["summary"]["error"] for r in results.values()) else 0
+
+
+SUBCOMMANDS = {"bench": bench_main, "judge": judge_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to a subcommand, or to lm-eval's CLI."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "bench":
-        return bench_main(argv[1:])
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
     from lm_eval.__main__ import cli_evaluate
 
     from . import _register  # noqa: F401  (registers --model ffnskip)

@@ -11,6 +11,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from .checkpoints import DEFAULT_MODEL, resolve
+from .conversation import converse, is_conversation
 from .engine import SkipEngine
 from .policy import SkipPolicy
 from .stats import SkipStats
@@ -93,7 +94,27 @@ class FFNSkipLM(HFLM):
         return out
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list:
-        out = super().generate_until(requests, disable_tqdm=disable_tqdm)
+        """HFLM's generation; requests of conversation tasks play their turns in order."""
+        chats = [i for i, r in enumerate(requests) if is_conversation(r)]
+        plain = [i for i, r in enumerate(requests) if not is_conversation(r)]
+        out: list[str] = [""] * len(requests)
+        if plain:
+            texts = super().generate_until([requests[i] for i in plain], disable_tqdm)
+            for i, text in zip(plain, texts, strict=True):
+                out[i] = text
+        if chats:
+            if not self.tokenizer.chat_template:
+                raise ValueError(
+                    f"{self.model.name_or_path}: conversation tasks (mt_bench, vicuna80) need a "
+                    "tokenizer with a chat template; this one has none"
+                )
+            answers = converse(
+                [requests[i] for i in chats],
+                self.apply_chat_template,
+                lambda batch: super(FFNSkipLM, self).generate_until(batch, disable_tqdm),
+            )
+            for i, text in zip(chats, answers, strict=True):
+                out[i] = text
         self._gather_stats("generate_until", len(requests))
         return out
 

@@ -28,3 +28,9 @@ def repeated_ngram_rate(text: str, n: int = 4) -> float:
     words = text.split()
     grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_defined(values: list[float | None]) -> float:
+    """lm-eval aggregation: the mean over documents that have the metric (None: not defined)."""
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else float("nan")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import tarfile
 import threading
 from pathlib import Path
@@ -87,3 +88,46 @@ def test_folder_download_from_archive(empty_cache, tmp_path, monkeypatch):
     assert (path / "test" / "anatomy_test.csv").read_bytes() == expected.read_bytes()
     assert len(list((path / "test").glob("*.csv"))) == 57
     assert [p.name for p in empty_cache.iterdir()] == ["mmlu"]
+
+
+def test_layer_skip_tarball_builds_the_vicuna_table_and_paper_stories(tmp_path):
+    """The authors' repository tarball -> vicuna80/*.jsonl and paper_stories/{small,mid,large}."""
+    archive = tmp_path / "layer-skip.tar.gz"
+    shared = Path(DATA_DIR)
+    stories = sorted((shared / "cnn_dailymail" / "paper_stories").glob("*/*.story"))
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted((shared / "vicuna80").glob("*.jsonl")):
+            tar.add(f, arcname=f"layer-skip-60fadcbd/table/{f.name}")
+        for f in stories:
+            tar.add(f, arcname=f"layer-skip-60fadcbd/data/cnn/{f.parent.name}/{f.name}")
+        tar.add(shared / "README.md", arcname="layer-skip-60fadcbd/README.md")
+    for name in ("vicuna80", "cnn_dailymail_paper"):
+        (tmp_path / name).mkdir()
+        data.SOURCES[name].build(archive, tmp_path / name)
+    assert sorted(p.name for p in (tmp_path / "vicuna80").iterdir()) == sorted(
+        p.name for p in (shared / "vicuna80").glob("*.jsonl")
+    )
+    built = sorted((tmp_path / "cnn_dailymail_paper").glob("*/*.story"))
+    assert [p.relative_to(tmp_path / "cnn_dailymail_paper") for p in built] == [
+        p.relative_to(shared / "cnn_dailymail" / "paper_stories") for p in stories
+    ]
+    assert built[0].read_bytes() == stories[0].read_bytes()
+
+
+def test_parquet_builds_and_jsonl_checks(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    wiki = tmp_path / "wiki.parquet"
+    pq.write_table(pa.table({"text": ["", " = Valkyria = \n", " It is a game . \n"]}), wiki)
+    data.SOURCES["wikitext2"].build(wiki, tmp_path / "wiki.raw")
+    assert (tmp_path / "wiki.raw").read_text() == " = Valkyria = \n It is a game . \n"
+    cnn = tmp_path / "cnn.parquet"
+    story = {"id": "abc", "article": "A story.", "highlights": "Short."}
+    pq.write_table(pa.table({k: [v] for k, v in {**story, "extra": "x"}.items()}), cnn)
+    data.SOURCES["cnn_dailymail"].build(cnn, tmp_path / "cnn.jsonl")
+    assert (tmp_path / "cnn.jsonl").read_text() == json.dumps(story) + "\n"
+    wrong = tmp_path / "question.jsonl"
+    wrong.write_text('{"question_id": 81, "text": "one turn only"}\n')
+    with pytest.raises(ValueError, match=r"records lack \['turns'\]"):
+        data.SOURCES["mt_bench"].build(wrong, tmp_path / "out.jsonl")

@@ -13,6 +13,7 @@ import pytest
 from conftest import DATA_DIR
 
 from lmeval_ffnskip.checkpoints import resolve
+from lmeval_ffnskip.conversation import decode_answers
 from lmeval_ffnskip.lm import FFNSkipLM
 
 MC_DOCS = [
@@ -40,7 +41,7 @@ def task_manager(tmp_path_factory):
     return TaskManager(include_path=str(root))
 
 
-def _evaluate(model: str, model_args: str, tasks: list[str], task_manager, limit: int = 4) -> dict:
+def _evaluate(model: str, model_args: str, tasks: list[str], task_manager, limit: int = 4, **kw) -> dict:
     from lm_eval import simple_evaluate
 
     return simple_evaluate(
@@ -52,6 +53,7 @@ def _evaluate(model: str, model_args: str, tasks: list[str], task_manager, limit
         task_manager=task_manager,
         log_samples=True,
         batch_size=2,
+        **kw,
     )
 
 
@@ -105,7 +107,15 @@ def test_generation_records_stats(task_manager):
 def test_offline_tasks_replace_the_downloading_builtins(task_manager):
     """Our mmlu / wikitext carry the built-ins' names and prompts but read the data directory."""
     names = set(task_manager.all_tasks)
-    assert {"mmlu", "mmlu_anatomy", "wikitext", "cnn_dailymail_ctx", "cnn_dailymail_paper"} <= names
+    assert {
+        "mmlu",
+        "mmlu_anatomy",
+        "wikitext",
+        "cnn_dailymail_ctx",
+        "cnn_dailymail_paper",
+        "mt_bench",
+        "vicuna80",
+    } <= names
     loaded = task_manager.load(["mmlu_anatomy", "wikitext"])["tasks"]
     anatomy = loaded["mmlu_anatomy"]
     assert callable(anatomy.config.custom_dataset) and len(anatomy.eval_docs) == 135
@@ -126,6 +136,24 @@ def test_offline_tasks_run_with_skipping(task_manager):
     assert summary.strip() and "Story:" not in summary
     stats = out["config"]["ffnskip"]["stats"]
     assert stats["skipped"] > 0 and 0.2 < stats["skip_ratio_eligible"] <= 8 / 30
+
+
+def test_mt_bench_second_turn_is_answered_after_the_models_first(task_manager, smollm2):
+    """The second answer equals HF greedy decoding of the chat holding the model's first answer."""
+    out = _evaluate(
+        "ffnskip", "method=dense", ["mt_bench"], task_manager, limit=2, gen_kwargs="max_gen_toks=12"
+    )
+    model, tok = smollm2
+    for sample in out["samples"]["mt_bench"]:
+        first, second = decode_answers(sample["resps"][0][0])
+        turns = sample["doc"]["turns"]
+        chat = [{"role": "user", "content": turns[0]}, {"role": "assistant", "content": first}]
+        prompt = tok.apply_chat_template([*chat, {"role": "user", "content": turns[1]}], tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+        ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
+        greedy = model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :]
+        assert second == tok.decode(greedy, skip_special_tokens=True).strip()
+    assert 0 <= out["results"]["mt_bench"]["repeated_4gram_rate,none"] <= 1
 
 
 def _results(out: Path) -> dict:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR, task_utils
+from lm_eval.api.instance import Instance
 
+from lmeval_ffnskip.conversation import FLAG, converse, decode_answers, encode_turns
 from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
 
 
@@ -70,3 +72,51 @@ def test_metrics():
     assert repeated_ngram_rate("a b c d a b c d a b c d") == pytest.approx(1 - 4 / 9)
     assert repeated_ngram_rate("one two three four five") == 0.0
     assert repeated_ngram_rate("too short") == 0.0
+
+
+def test_mt_bench_and_vicuna80_docs():
+    mt = task_utils("mt_bench").load()["test"]
+    assert len(mt) == 80 and all(len(d["turns"]) == 2 for d in mt)
+    with_ref = {d["category"] for d in mt if d["reference"]}
+    assert with_ref == {"math", "reasoning", "coding"} and sum(bool(d["reference"]) for d in mt) == 30
+    vicuna = task_utils("vicuna80").load()["test"]
+    assert len(vicuna) == 80 and all(d["gpt35_answer"] and d["text"] for d in vicuna)
+
+
+def test_mt_bench_metrics_define_reference_rouge_only_where_a_reference_exists():
+    utils = task_utils("mt_bench")
+    docs = {d["category"]: d for d in utils.load()["test"]}
+    loop = "the the the the the the the the"
+    writing = utils.process_results(docs["writing"], [encode_turns(["Fresh words here.", loop])])
+    assert writing["rougeL_reference"] is None
+    assert writing["repeated_4gram_rate"] == pytest.approx((0 + 4 / 5) / 2)
+    math = docs["math"]
+    exact = utils.process_results(math, [encode_turns(math["reference"])])
+    assert exact["rougeL_reference"] == pytest.approx(100)
+    assert utils.mean_defined([None, 50.0, None, 100.0]) == 75.0
+
+
+def test_converse_answers_each_turn_in_context_of_the_models_own_answers():
+    requests = [
+        Instance("generate_until", {}, (encode_turns(["hi", "and then?"]), {FLAG: True, "until": []}), 0),
+        Instance("generate_until", {}, (encode_turns(["one turn"]), {FLAG: True, "until": []}), 0),
+    ]
+    calls = []
+
+    def generate(batch: list[Instance]) -> list[str]:
+        calls.append([r.args for r in batch])
+        return [f" answer{len(calls)}.{i} " for i in range(len(batch))]
+
+    template = lambda messages: "|".join(f"{m['role']}:{m['content']}" for m in messages)  # noqa: E731
+    out = converse(requests, template, generate)
+    assert [decode_answers(o) for o in out] == [["answer1.0", "answer2.0"], ["answer1.1"]]
+    assert calls == [
+        [("user:hi", {"until": []}), ("user:one turn", {"until": []})],
+        [("user:hi|assistant:answer1.0|user:and then?", {"until": []})],
+    ]
+
+
+def test_conversation_refuses_a_chat_templated_context():
+    templated = Instance("generate_until", {}, ("<|user|>" + encode_turns(["hi"]), {FLAG: True}), 0)
+    with pytest.raises(ValueError, match="without --apply_chat_template"):
+        converse([templated], str, list)
