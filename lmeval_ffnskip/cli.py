@@ -1,7 +1,7 @@
 """The ``ffnskip`` command (also ``python -m lmeval_ffnskip``).
 
-Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge).
-Any other arguments go to lm-eval's own CLI with
+Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge),
+``flops`` (per-token decode FLOPs). Any other arguments go to lm-eval's own CLI with
 ``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
 ``lm_eval --model ffnskip --tasks ...``.
 """
@@ -156,7 +156,68 @@ def judge_main(argv: list[str]) -> int:
     return 1 if any(r["summary"]["error"] for r in results.values()) else 0
 
 
-SUBCOMMANDS = {"bench": bench_main, "judge": judge_main}
+def flops_main(argv: list[str]) -> int:
+    """Per-token decode FLOPs by part, dense and with skipping, beside the analytic count."""
+    parser = argparse.ArgumentParser(
+        prog="ffnskip flops",
+        description="Per-token decode FLOPs (fvcore; one multiply-add = one flop; matrix products only) "
+        "split into attention, FFN, LM head and other, for dense and for measured skip patterns.",
+    )
+    parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument("--context", type=int, default=512, help="positions the new token attends to")
+    parser.add_argument("--targets", default="0.25,0.5", help="target_skip values to measure ('' for none)")
+    parser.add_argument("--methods", default="ffnskip", help="methods run at each target (default ffnskip)")
+    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated per pattern")
+    parser.add_argument(
+        "--results", nargs="*", type=Path, default=[], help="lm-eval results JSON of ffnskip runs"
+    )
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .bench import prompt_batch
+    from .checkpoints import resolve
+    from .flops import CONVENTION, analytic_decode_flops, decode_flops, results_frequency, skip_frequency
+    from .policy import SkipPolicy
+
+    patterns: dict[str, list[float]] = {}
+    for source in args.results:
+        try:
+            patterns[source.name] = results_frequency(json.loads(source.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            print(f"ffnskip flops: {source}: {err}", file=sys.stderr)
+            return 2
+    path = resolve(args.pretrained)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    dense = decode_flops(model, args.context)
+    analytic = analytic_decode_flops(model.config, args.context)
+    batch = prompt_batch(AutoTokenizer.from_pretrained(path), 1, model.device)
+    for method in args.methods.split(","):
+        for target in (float(t) for t in args.targets.split(",") if t):
+            policy = SkipPolicy(method=method, target_skip=target, threshold=args.threshold, warmup=0)
+            patterns[f"{method}-{target:g}"] = skip_frequency(model, batch, policy, args.new_tokens)
+    rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
+        {"config": name, "skip": sum(f) / len(f), **dense.skipping(f).as_dict()}
+        for name, f in patterns.items()
+    ]
+    print(f"{args.pretrained}, context {args.context}: {CONVENTION}")
+    print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense.total / 1e6:.2f} M "
+          f"({dense.total / analytic - 1:+.3%})")  # fmt: skip
+    print(f"{'config':<16}{'skip':>7}{'total M':>10}{'attn M':>9}{'FFN M':>9}{'head M':>9}{'saving':>8}")
+    for r in rows:
+        print(
+            f"{r['config']:<16}{r['skip']:>7.1%}{r['total'] / 1e6:>10.2f}{r['attention'] / 1e6:>9.2f}"
+            f"{r['ffn'] / 1e6:>9.2f}{r['lm_head'] / 1e6:>9.2f}{1 - r['total'] / dense.total:>8.1%}"
+        )
+    if args.json:
+        payload = {"model": args.pretrained, "convention": CONVENTION, "analytic_dense_total": analytic}
+        args.json.write_text(json.dumps({**payload, "rows": rows}, indent=2))
+    return 0
+
+
+SUBCOMMANDS = {"bench": bench_main, "judge": judge_main, "flops": flops_main}
 
 
 def main(argv: list[str] | None = None) -> int:

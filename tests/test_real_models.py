@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from lmeval_ffnskip.checkpoints import resolve
 from lmeval_ffnskip.engine import attach
+from lmeval_ffnskip.flops import analytic_decode_flops, decode_flops
 from lmeval_ffnskip.policy import SkipPolicy
 
 TEXT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, named after the engineer who built it."
@@ -71,3 +72,12 @@ def test_batch_of_eight_matches_batch_of_one():
         singles = [model.generate(**tok(p, return_tensors="pt"), **gen)[0, -12:] for p in PROMPTS]
     assert [tok.decode(t) for t in together] == [tok.decode(t) for t in singles]
     assert 0 < engine.stats.skipped
+
+
+def test_flops_match_the_analytic_count(real):
+    """fvcore's count (with SDPA added) equals the architecture's, past Gemma-3's 512-token window."""
+    name, model, _ = real
+    for context in (64, 600):
+        counted = decode_flops(model, context)
+        assert abs(counted.total / analytic_decode_flops(model.config, context) - 1) < 0.01, (name, context)
+    assert counted.ffn == sum(counted.ffn_per_layer) and counted.other == 0

@@ -1,0 +1,143 @@
+"""Per-token decode FLOPs, counted with fvcore and cross-checked against the architecture.
+
+Convention (fvcore's): one multiply-accumulate counts as one flop, and only matrix products
+are counted: the linear layers and attention's two products (QK^T and AV). Elementwise work
+(norms, activations, rotary embeddings, residual adds) is not counted; it is well under 1% of a
+decode step. fvcore has no rule for ``scaled_dot_product_attention``, which HF's SDPA attention
+calls; ``_sdpa`` adds it. A skipped FFN counts zero (the engine does not run it); the cosine
+check of ``ffnskip`` is two d-long dot products per checked layer, also uncounted.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+from transformers import DynamicCache
+
+from .adapters import ffn_sites
+from .engine import attach
+from .policy import SkipPolicy
+
+CONVENTION = (
+    "multiply-accumulates of matrix products (fvcore: one multiply-add = one flop); "
+    "elementwise ops not counted"
+)
+
+
+def _sdpa(inputs: list[Any], outputs: list[Any]) -> Counter:
+    """fvcore handle for ``aten::scaled_dot_product_attention``: QK^T plus AV."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    *batch, lq, d = q
+    heads = 1
+    for n in batch:
+        heads *= n
+    return Counter({"scaled_dot_product_attention": heads * lq * k[-2] * (d + v[-1])})
+
+
+@dataclass(frozen=True)
+class DecodeFlops:
+    """FLOPs of one decoding step of one token, by part."""
+
+    context: int  # positions the new token attends to (its own included)
+    attention: int  # projections and attention products, all layers
+    ffn: int  # FFN blocks, all layers
+    lm_head: int
+    other: int
+    ffn_per_layer: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return self.attention + self.ffn + self.lm_head + self.other
+
+    def skipping(self, layer_skip_frequency: list[float]) -> DecodeFlops:
+        """The same step when layer i's FFN is skipped for a share ``layer_skip_frequency[i]`` of tokens."""
+        kept = [round(f * (1 - s)) for f, s in zip(self.ffn_per_layer, layer_skip_frequency, strict=True)]
+        return DecodeFlops(self.context, self.attention, sum(kept), self.lm_head, self.other, tuple(kept))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total": self.total}
+
+
+class _Step(nn.Module):
+    """One decoding step against a prefilled cache, as a module fvcore can trace."""
+
+    def __init__(self, model: nn.Module, cache: DynamicCache) -> None:
+        super().__init__()
+        self.model, self.cache = model, cache
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True).logits
+
+
+@torch.no_grad()
+def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
+    """Count one decoding step of a batch-1 token attending to ``context`` positions."""
+    if context < 2:
+        raise ValueError(f"context={context} is out of range: it must be >= 2")
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+    step = _Step(model, cache)
+    analysis = FlopCountAnalysis(step, (ids[:, -1:],)).set_op_handle(
+        "aten::scaled_dot_product_attention", _sdpa
+    )
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    names = {id(m): name for name, m in step.named_modules()}
+    by_module = analysis.by_module()
+    _, sites = ffn_sites(model)
+    ffn = [
+        sum(by_module[names[id(m)]] for m in (s.mlp, s.in_norm, s.out_norm) if m is not None) for s in sites
+    ]
+    attention = sum(by_module[names[id(layer.self_attn)]] for layer in model.get_decoder().layers)
+    lm_head = by_module[names[id(model.get_output_embeddings())]]
+    total = analysis.total()
+    return DecodeFlops(
+        context, attention, sum(ffn), lm_head, total - attention - sum(ffn) - lm_head, tuple(ffn)
+    )
+
+
+def analytic_decode_flops(config: Any, context: int) -> int:
+    """The same count from the config alone (Llama / Mistral / Qwen / Gemma layouts: q, k, v, o
+    projections, gated FFN of three matrices, sliding-window layers attending to at most the
+    window, untied or tied LM head)."""
+    d, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    types = getattr(config, "layer_types", None) or ["full_attention"] * layers
+    window = getattr(config, "sliding_window", None) or context
+    total = 0
+    for kind in types:
+        span = min(context, window) if kind == "sliding_attention" else context
+        total += d * q + 2 * d * kv + q * d  # projections
+        total += config.num_attention_heads * span * head_dim * 2  # QK^T and AV
+        total += 3 * d * config.intermediate_size  # gate, up, down
+    return total + d * config.vocab_size
+
+
+@torch.no_grad()
+def skip_frequency(model: nn.Module, batch: dict, policy: SkipPolicy, new_tokens: int) -> list[float]:
+    """Per layer, the share of eligible tokens whose FFN ``policy`` skipped in a greedy generation."""
+    with attach(model, policy) as engine:
+        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    frequency = engine.stats.summary()["layer_skip_frequency"]
+    if frequency is None:
+        raise ValueError(f"no token was eligible in {new_tokens} new tokens with warmup={policy.warmup}")
+    return frequency
+
+
+def results_frequency(results: dict[str, Any]) -> list[float]:
+    """The per-layer skip frequency an lm-eval results JSON of ``--model ffnskip`` recorded."""
+    info = results.get("config", {}).get("ffnskip")
+    if not info:
+        raise ValueError("not the results of an lm-eval run with --model ffnskip")
+    frequency = info["stats"]["layer_skip_frequency"]
+    if frequency is None:
+        raise ValueError("no token of that run was eligible for skipping")
+    return frequency

@@ -1,0 +1,66 @@
+"""Per-token decode FLOPs: fvcore with SDPA counted, the analytic cross-check, skip patterns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import ARCHS, tiny_model
+
+from lmeval_ffnskip.cli import main
+from lmeval_ffnskip.flops import analytic_decode_flops, decode_flops, results_frequency, skip_frequency
+from lmeval_ffnskip.policy import SkipPolicy
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_counted_equals_analytic_and_parts_add_up(arch):
+    model = tiny_model(arch, n_layers=6)
+    short, long = decode_flops(model, 10), decode_flops(model, 40)  # tiny gemma3 window: 16
+    for counted in (short, long):
+        assert abs(counted.total / analytic_decode_flops(model.config, counted.context) - 1) < 0.01
+        assert counted.total == counted.attention + counted.ffn + counted.lm_head + counted.other
+    c = model.config
+    assert short.ffn == 6 * 3 * c.hidden_size * c.intermediate_size and long.ffn == short.ffn
+    assert short.lm_head == c.hidden_size * c.vocab_size
+    grown = long.attention - short.attention  # only attention's two products grow with the context
+    types = getattr(c, "layer_types", None) or ["full_attention"] * 6
+    positions = sum(16 - 10 if kind == "sliding_attention" else 40 - 10 for kind in types)
+    assert grown == positions * c.num_attention_heads * c.head_dim * 2
+
+
+def test_skipped_ffns_count_zero():
+    dense = decode_flops(tiny_model("llama", n_layers=4), 16)
+    assert dense.skipping([0.0] * 4) == dense
+    assert dense.skipping([1.0] * 4).ffn == 0
+    half = dense.skipping([0.0, 1.0, 0.5, 0.5])
+    assert half.ffn == dense.ffn // 2 and half.attention == dense.attention and half.total < dense.total
+
+
+def test_measured_pattern_and_results_pattern():
+    model = tiny_model("llama", n_layers=8)
+    batch = {"input_ids": torch.randint(3, 90, (1, 6))}
+    frequency = skip_frequency(model, batch, SkipPolicy(method="static", target_skip=0.25, warmup=0), 6)
+    assert sum(frequency) == pytest.approx(2) and frequency[0] == frequency[-1] == 0  # k = 2, cold ends
+    with pytest.raises(ValueError, match="no token was eligible"):
+        skip_frequency(model, batch, SkipPolicy(target_skip=0.25, warmup=50), 4)
+    with pytest.raises(ValueError, match="not the results of an lm-eval run with --model ffnskip"):
+        results_frequency({"config": {"model": "hf"}})
+
+
+def test_cli_rows_and_bad_results(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"config": {"ffnskip": {"stats": {"layer_skip_frequency": [0.5] * 30}}}}))
+    out = tmp_path / "flops.json"
+    argv = ["flops", "--context", "32", "--targets", "0.25", "--new-tokens", "6", "--results", str(results)]
+    assert main([*argv, "--json", str(out)]) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"dense", "results.json", "ffnskip-0.25"}
+    assert rows["results.json"]["ffn"] == rows["dense"]["ffn"] // 2
+    assert (
+        rows["ffnskip-0.25"]["skip"] == pytest.approx(8 / 30)
+        and "analytic dense total" in capsys.readouterr().out
+    )
+    results.write_text("{broken")
+    assert main(["flops", "--results", str(results)]) == 2
+    assert str(results) in capsys.readouterr().err
