@@ -1,7 +1,8 @@
 """The ``ffnskip`` command (also ``python -m lmeval_ffnskip``).
 
 Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge),
-``flops`` (per-token decode FLOPs). Any other arguments go to lm-eval's own CLI with
+``flops`` (per-token decode FLOPs), ``sweep`` (tasks x methods x ratios into one results
+directory). Any other arguments go to lm-eval's own CLI with
 ``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
 ``lm_eval --model ffnskip --tasks ...``.
 """
@@ -217,7 +218,38 @@ def flops_main(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"bench": bench_main, "judge": judge_main, "flops": flops_main}
+def sweep_main(argv: list[str]) -> int:
+    """Run a sweep config into a results directory (resumable), and print its table."""
+    from .sweep import SHIPPED, SweepConfig, run
+
+    shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+    parser = argparse.ArgumentParser(
+        prog="ffnskip sweep",
+        description="lm-eval tasks x methods x skip ratios (x any model_arg grid), plus FLOPs and bench, "
+        "into one results directory; finished cells are not recomputed.",
+    )
+    parser.add_argument("config", type=Path, help=f"a sweep YAML, or a shipped one: {shipped}")
+    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    args = parser.parse_args(argv)
+    try:
+        cfg = SweepConfig.load(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        print(f"ffnskip sweep: {err}", file=sys.stderr)
+        return 2
+    rows = run(cfg, args.out)
+    keys = [k for k in rows[0] if k not in ("model", "cell", "method", "target_skip")] if rows else []
+    print("\t".join(["model", "cell", *keys]))
+    for r in rows:
+        print("\t".join([r["model"], r["cell"], *(_cell(r.get(k)) for k in keys)]))
+    print(f"results in {args.out}; summary {args.out / 'summary.json'}")
+    return 0
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+SUBCOMMANDS = {"bench": bench_main, "judge": judge_main, "flops": flops_main, "sweep": sweep_main}
 
 
 def main(argv: list[str] | None = None) -> int:
