@@ -99,6 +99,7 @@ def judge_main(argv: list[str]) -> int:
 
     from . import judge
     from .checkpoints import cache_root
+    from .data import read_jsonl
 
     parser = argparse.ArgumentParser(
         prog="ffnskip judge",
@@ -125,7 +126,7 @@ def judge_main(argv: list[str]) -> int:
     results = {}
     try:
         for path in _samples_files(args.samples):
-            samples = judge.read_samples(path)
+            samples = read_jsonl(path)
             task = judge.task_of(samples, path)
             records = judge.run(client, judge.queries(task, samples), args.workers)
             results[str(path)] = {

@@ -217,6 +217,18 @@ def _download(src: Source, target: Path) -> None:
             work.unlink(missing_ok=True)
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file (blank lines skipped); a corrupt line names its place."""
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from err
+    return records
+
+
 def tasks_dir() -> Path:
     """The shipped lm-eval task YAMLs (inside the wheel, or ``tasks/`` of a source checkout)."""
     here = Path(__file__).resolve().parent

@@ -209,17 +209,15 @@ def vicuna_queries(samples: list[dict], prompts: dict[int, dict]) -> list[Query]
     return out
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def queries(task: str, samples: list[dict]) -> list[Query]:
     """The judgments a samples file of ``task`` needs, with the shipped judge prompts."""
-    from .data import locate
+    from .data import locate, read_jsonl
 
     if task == "mt_bench":
-        return mt_bench_queries(samples, {p["name"]: p for p in _jsonl(locate("mt_bench_judge_prompts"))})
-    return vicuna_queries(samples, {p["prompt_id"]: p for p in _jsonl(locate("vicuna80") / "prompt.jsonl")})
+        return mt_bench_queries(samples, {p["name"]: p for p in read_jsonl(locate("mt_bench_judge_prompts"))})
+    return vicuna_queries(
+        samples, {p["prompt_id"]: p for p in read_jsonl(locate("vicuna80") / "prompt.jsonl")}
+    )
 
 
 def _response(sample: dict) -> str:
@@ -278,15 +276,3 @@ def task_of(samples: list[dict], path: Path) -> str:
     if "gpt35_answer" in doc:
         return "vicuna80"
     raise ValueError(f"{path}: not an lm-eval samples file of mt_bench or vicuna80 (run with --log_samples)")
-
-
-def read_samples(path: Path) -> list[dict]:
-    """An lm-eval ``samples_<task>_<time>.jsonl`` file; a corrupt line is an error naming it."""
-    samples = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                samples.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from err
-    return samples

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import read_jsonl
 from .metrics import rouge
 
 SHIPPED = Path(__file__).resolve().parent / "sweeps"
@@ -113,8 +114,7 @@ def run_cell(cfg: SweepConfig, model: str, cell: Cell, folder: Path, task_manage
 
 
 def _answers(folder: Path, task: str) -> dict[int, str]:
-    lines = (folder / f"samples_{task}_sweep.jsonl").read_text(encoding="utf-8").splitlines()
-    samples = [json.loads(line) for line in lines if line]
+    samples = read_jsonl(folder / f"samples_{task}_sweep.jsonl")
     return {s["doc_id"]: s["filtered_resps"][0] for s in samples}
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.data import locate
+from lmeval_ffnskip.data import locate, read_jsonl
 from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
 
 # article length in words: small <= 470 < medium < 790 <= large (the paper's buckets)
@@ -22,8 +21,7 @@ def bucket_of(article: str) -> str:
 
 def load_bucket(bucket: str, **kwargs: Any) -> datasets.DatasetDict:
     """The test stories whose article falls in ``bucket``."""
-    lines = locate("cnn_dailymail").read_text(encoding="utf-8").splitlines()
-    stories = [json.loads(line) for line in lines if line.strip()]
+    stories = read_jsonl(locate("cnn_dailymail"))
     rows = [
         {"id": s["id"], "article": s["article"], "highlights": s["highlights"]}
         for s in stories

@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import datasets
 
 from lmeval_ffnskip.conversation import decode_answers, encode_turns
-from lmeval_ffnskip.data import locate
+from lmeval_ffnskip.data import locate, read_jsonl
 from lmeval_ffnskip.metrics import mean_defined, repeated_ngram_rate, rouge
 
 __all__ = ["doc_to_target", "doc_to_text", "load", "mean_defined", "process_results"]
 
 
-def _jsonl(name: str) -> list[dict]:
-    return [
-        json.loads(line) for line in locate(name).read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-
-
 def load(**kwargs: Any) -> datasets.DatasetDict:
     """The 80 questions; ``reference`` holds GPT-4's answer per turn where MT-Bench has one, else []."""
-    references = {r["question_id"]: r["choices"][0]["turns"] for r in _jsonl("mt_bench_reference")}
+    references = {
+        r["question_id"]: r["choices"][0]["turns"] for r in read_jsonl(locate("mt_bench_reference"))
+    }
     rows = [
         {
             "question_id": q["question_id"],
@@ -30,7 +25,7 @@ def load(**kwargs: Any) -> datasets.DatasetDict:
             "turns": q["turns"],
             "reference": references.get(q["question_id"], []),
         }
-        for q in _jsonl("mt_bench")
+        for q in read_jsonl(locate("mt_bench"))
     ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 

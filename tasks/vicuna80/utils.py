@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import datasets
 
 from lmeval_ffnskip.conversation import decode_answers, encode_turns
-from lmeval_ffnskip.data import locate
+from lmeval_ffnskip.data import locate, read_jsonl
 from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
-
-
-def _jsonl(path: Any) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load(**kwargs: Any) -> datasets.DatasetDict:
     """The 80 questions (id, category, text) with ``gpt35_answer``."""
     root = locate("vicuna80")
-    gpt35 = {a["question_id"]: a["text"] for a in _jsonl(root / "gpt35_answer.jsonl")}
+    gpt35 = {a["question_id"]: a["text"] for a in read_jsonl(root / "gpt35_answer.jsonl")}
     rows = [
         {
             "question_id": q["question_id"],
@@ -27,7 +22,7 @@ def load(**kwargs: Any) -> datasets.DatasetDict:
             "text": q["text"],
             "gpt35_answer": gpt35[q["question_id"]],
         }
-        for q in _jsonl(root / "question.jsonl")
+        for q in read_jsonl(root / "question.jsonl")
     ]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
