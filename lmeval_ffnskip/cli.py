@@ -2,7 +2,8 @@
 
 Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge),
 ``flops`` (per-token decode FLOPs), ``sweep`` (tasks x methods x ratios into one results
-directory). Any other arguments go to lm-eval's own CLI with
+directory), ``report`` (HTML page of a results directory), ``baseline`` / ``check`` (the CI
+regression gate). Any other arguments go to lm-eval's own CLI with
 ``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
 ``lm_eval --model ffnskip --tasks ...``.
 """
@@ -246,11 +247,128 @@ def sweep_main(argv: list[str]) -> int:
     return 0
 
 
+def report_main(argv: list[str]) -> int:
+    """Render a results directory as one self-contained HTML page."""
+    from .report import build, render
+    from .results import ResultsError, load_runs
+
+    parser = argparse.ArgumentParser(
+        prog="ffnskip report",
+        description="Leaderboard, score-vs-skip and Pareto charts, per-layer curves, FLOPs, worst-case "
+        "table and sample generations of an `ffnskip sweep` directory or lm-eval output folders, as "
+        "one HTML file that opens offline.",
+    )
+    parser.add_argument("results", type=Path, help="results directory (or one results JSON)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    args = parser.parse_args(argv)
+    try:
+        runs = load_runs(args.results)
+        html = render(build(runs, str(args.results)))
+    except ResultsError as err:
+        print(f"ffnskip report: {err}", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(html)
+    print(f"{len(runs)} runs of {len({r.model for r in runs})} model(s) -> {args.output}")
+    return 0
+
+
+def _tolerances(values: list[str]) -> tuple[float | None, dict[str, float]]:
+    """``["1.5", "freebaseqa=2"]`` -> (default 1.5, {"freebaseqa": 2.0})."""
+    default, per_task = None, {}
+    for value in values:
+        task, _, number = value.rpartition("=")
+        if task:
+            per_task[task] = float(number)
+        else:
+            default = float(number)
+    return default, per_task
+
+
+def _gate_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("results", type=Path, help="results directory (ffnskip sweep or lm-eval output)")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="[TASK=]POINTS",
+        help="points a score may drop (default 1.0); TASK=POINTS for one task; repeatable",
+    )
+    parser.add_argument("--skip-band", type=float, help="allowed |achieved - baseline| skip ratio (0.02)")
+    parser.add_argument("--speedup-floor", type=float, help="lowest decode speedup over dense (0.95)")
+    return parser
+
+
+def baseline_main(argv: list[str]) -> int:
+    """Write a baseline for ``ffnskip check`` from a results directory."""
+    from .gate import Limits, baseline
+    from .results import ResultsError, load_runs
+
+    parser = _gate_parser("ffnskip baseline", "Record a results directory's scores as a regression baseline.")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="baseline JSON to write")
+    args = parser.parse_args(argv)
+    default, per_task = _tolerances(args.tolerance)
+    given = {"tolerance": default, "skip_band": args.skip_band, "speedup_floor": args.speedup_floor}
+    limits = Limits(**{k: v for k, v in given.items() if v is not None}, per_task=per_task or None)
+    try:
+        doc = baseline(load_runs(args.results), limits, str(args.results))
+    except (ResultsError, ValueError) as err:
+        print(f"ffnskip baseline: {err}", file=sys.stderr)
+        return 2
+    args.output.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"baseline of {len(doc['runs'])} runs -> {args.output}")
+    return 0
+
+
+def check_main(argv: list[str]) -> int:
+    """The regression gate: 0 pass, 1 regression, 2 bad input."""
+    from .gate import compare, limits_from, markdown, read_baseline, table
+    from .results import ResultsError, load_runs
+
+    parser = _gate_parser(
+        "ffnskip check",
+        "Compare results with a baseline: scores may drop at most the tolerance, the achieved skip "
+        "ratio must stay in its band, the speedup above its floor. Exit 0 pass, 1 regression, 2 bad input.",
+    )
+    parser.add_argument("--baseline", type=Path, required=True, help="from `ffnskip baseline`")
+    parser.add_argument("--markdown", type=Path, help="also write a Markdown summary here (CI job page)")
+    args = parser.parse_args(argv)
+    default, per_task = _tolerances(args.tolerance)
+    try:
+        doc = read_baseline(args.baseline)
+        limits = limits_from(
+            doc,
+            {
+                "tolerance": default,
+                "per_task": per_task,
+                "skip_band": args.skip_band,
+                "speedup_floor": args.speedup_floor,
+            },
+        )
+        checks = compare(load_runs(args.results), doc, limits)
+    except (ResultsError, ValueError, KeyError, TypeError) as err:
+        print(f"ffnskip check: {err}", file=sys.stderr)
+        return 2
+    print(table(checks))
+    if args.markdown:
+        args.markdown.write_text(markdown(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def _cell(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else "" if value is None else str(value)
 
 
-SUBCOMMANDS = {"bench": bench_main, "judge": judge_main, "flops": flops_main, "sweep": sweep_main}
+SUBCOMMANDS = {
+    "bench": bench_main,
+    "judge": judge_main,
+    "flops": flops_main,
+    "sweep": sweep_main,
+    "report": report_main,
+    "baseline": baseline_main,
+    "check": check_main,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

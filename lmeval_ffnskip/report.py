@@ -1,0 +1,271 @@
+"""``ffnskip report``: one self-contained HTML page of accuracy versus speed for a results directory.
+
+``build(runs)`` gathers what the page shows (plain dicts and inline SVG strings); the jinja2
+template ``templates/report.html.j2`` lays it out. Nothing is fetched when the page opens.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from . import svg
+from .results import Run, bench_row, extra, finite, flops_per_token
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+SAMPLE_DOCS = 3  # prompts shown side by side per generative task
+
+
+def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    out: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        out[run.model].append(run)
+    return dict(out)
+
+
+def _dense(runs: list[Run]) -> Run | None:
+    return next((r for r in runs if r.method == "dense"), None)
+
+
+def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Task columns, and one row per run with scores, deltas vs its model's dense run, speed, FLOPs."""
+    tasks = sorted({t for r in runs for t in r.scores}, key=lambda t: (t.endswith("/agreement"), t))
+    rows = []
+    for model, group in _by_model(runs).items():
+        dense = _dense(group)
+        for run in group:
+            bench = bench_row(run) or {}
+            cells = {}
+            for task in tasks:
+                score = run.scores.get(task)
+                base = dense.scores.get(task) if dense else None
+                delta = score.value - base.value if score and base and run is not dense else None
+                cells[task] = {"value": score.value if score else None, "delta": delta}
+            flops = flops_per_token(run)
+            rows.append(
+                {
+                    "model": model,
+                    "cell": run.cell,
+                    "method": run.method,
+                    "target": run.target,
+                    "skip": run.skip_ratio,
+                    "scores": cells,
+                    "tokens_per_s": bench.get("tokens_per_s"),
+                    "speedup": bench.get("speedup"),
+                    "ideal": bench.get("ideal_speedup"),
+                    "mflops": None if flops is None else flops / 1e6,
+                    "peak_mb": bench.get("peak_memory_mb"),
+                    "device": _hardware(run),
+                    "dtype": (run.dtype or "").replace("torch.", ""),
+                }
+            )
+    return tasks, rows
+
+
+def _hardware(run: Run) -> str:
+    env = (extra(run, "bench") or {}).get("environment")
+    if not env:
+        return run.device or "?"
+    return f"{env['device']} ({env['threads']} threads)"
+
+
+def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
+    """Per model and task: score against achieved skip ratio, one line per method (dense at 0)."""
+    charts = []
+    for model, group in _by_model(runs).items():
+        dense = _dense(group)
+        tasks = sorted({t for r in group for t in r.scores})
+        for task in tasks:
+            series = []
+            for method, members in itertools.groupby(
+                sorted((r for r in group if r.method != "dense"), key=lambda r: r.method),
+                key=lambda r: r.method,
+            ):
+                pts = [(100 * r.skip_ratio, r.scores[task].value) for r in members
+                       if task in r.scores and finite(r.skip_ratio)]  # fmt: skip
+                if dense and task in dense.scores:
+                    pts.append((0.0, dense.scores[task].value))
+                elif dense and task.endswith("/agreement"):
+                    pts.append((0.0, 100.0))  # the dense model agrees with itself
+                series.append((method, pts))
+            metric = next(r.scores[task].metric for r in group if task in r.scores)
+            title = f"{model}: {task} ({metric}) vs FFN skip ratio"
+            if chart := svg.line_chart(title, series, "FFN blocks skipped (% of eligible)", metric):
+                charts.append({"title": title, "svg": chart})
+    return charts
+
+
+def pareto(runs: list[Run]) -> list[dict[str, str]]:
+    """Per model and task: score against decode tokens/s, with the Pareto front drawn."""
+    charts = []
+    for model, group in _by_model(runs).items():
+        measured = [(r, bench_row(r)) for r in group]
+        measured = [(r, b["tokens_per_s"]) for r, b in measured if b]
+        for task in sorted({t for r, _ in measured for t in r.scores}):
+            pts = [(speed, r.scores[task].value, r.method) for r, speed in measured if task in r.scores]
+            higher = next(r.scores[task].higher_is_better for r, _ in measured if task in r.scores)
+            front, best = [], None
+            for speed, score, _ in sorted(pts, key=lambda p: -p[0]):
+                if best is None or (score > best if higher else score < best):
+                    front.append((speed, score))
+                    best = score
+            series = [
+                (method, [(s, v) for s, v, m in pts if m == method]) for method in sorted({p[2] for p in pts})
+            ]
+            title = f"{model}: {task} vs decode speed"
+            metric = next(r.scores[task].metric for r, _ in measured if task in r.scores)
+            chart = svg.line_chart(title, [*series, ("Pareto front", front)], "decode tokens/s", metric)
+            charts.append({"title": title, "svg": chart})
+    return charts
+
+
+def _cold(layout: dict[str, Any], n_layers: int) -> list[tuple[float, float]]:
+    """The cold regions as x-ranges on a per-layer axis."""
+    start, end = layout.get("cold_start", 0), layout.get("cold_end", 0)
+    return [(-0.5, start - 0.5), (n_layers - end - 0.5, n_layers - 0.5)]
+
+
+def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
+    """Per model: the calibration similarity curve and each method's per-layer skip frequency."""
+    charts = []
+    for model, group in _by_model(runs).items():
+        calibration = extra(group[0], "calibration")
+        if calibration:
+            layers = calibration["layers"]
+            shade = _cold(calibration["cold"], len(layers))
+            title = f"{model}: cos(h, h + FFN) per layer (mean +- std), cold regions shaded"
+            chart = svg.band_chart(title, [x["mean"] for x in layers], [x["std"] for x in layers],
+                                   "layer", "cosine similarity", shade)  # fmt: skip
+            charts.append({"title": title, "svg": chart})
+        skipping = [r for r in group if r.stats.get("layer_skip_frequency")]
+        for target in sorted({r.target for r in skipping if r.target is not None}):
+            members = [r for r in skipping if r.target == target]
+            series = [(r.cell, list(enumerate(r.stats["layer_skip_frequency"]))) for r in members]
+            layout = next((r.ffnskip["layout"] for r in members if r.method == "ffnskip"), None)
+            shade = _cold(layout, layout["n_layers"]) if layout else ()
+            title = f"{model}: per-layer FFN skip frequency at target {target:g}"
+            charts.append(
+                {"title": title, "svg": svg.line_chart(title, series, "layer", "share skipped", shade)}
+            )
+    return charts
+
+
+def flops_tables(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per model: flops.json's split (Table 4) with the saving per token, and a stacked-bar chart."""
+    out = []
+    for model, group in _by_model(runs).items():
+        flops = extra(group[0], "flops")
+        if not flops:
+            continue
+        rows = flops["rows"]
+        dense = next(r for r in rows if r["config"] == "dense")["total"]
+        for r in rows:
+            r["saving"] = 1 - r["total"] / dense
+        parts = [(p, [r[p] / 1e6 for r in rows]) for p in ("attention", "ffn", "lm_head", "other")]
+        title = f"{model}: decode FLOPs per token by part (context {rows[0]['context']})"
+        chart = svg.bar_chart(title, [r["config"] for r in rows], parts, "MFLOPs (MACs)")
+        out.append({"model": model, "convention": flops.get("convention", ""), "rows": rows, "svg": chart})
+    return out
+
+
+def warmup_charts(runs: list[Run]) -> list[dict[str, str]]:
+    """Score against warm-up length (Figure 5), where runs differ in ``warmup`` only."""
+    charts = []
+    for model, group in _by_model(runs).items():
+        varied = [r for r in group if r.method != "dense" and "warmup" in r.model_args]
+        if len({int(r.model_args["warmup"]) for r in varied}) < 2:
+            continue
+        for task in sorted({t for r in varied for t in r.scores}):
+            series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+            for r in varied:
+                if task in r.scores:
+                    series[f"{r.method}-{r.target:g}"].append(
+                        (float(r.model_args["warmup"]), r.scores[task].value)
+                    )
+            title = f"{model}: {task} vs warm-up tokens"
+            chart = svg.line_chart(title, sorted(series.items()), "warm-up (generated tokens)", "score")
+            charts.append({"title": title, "svg": chart})
+    return charts
+
+
+def worst_case(runs: list[Run]) -> list[dict[str, Any]]:
+    """Table 6: the share of eligible tokens whose similarity never reached the threshold."""
+    return [
+        {
+            "model": r.model,
+            "cell": r.cell,
+            "threshold": r.ffnskip["policy"]["threshold"],
+            "skip": r.skip_ratio,
+            "never": r.stats["never_reached_threshold"],
+        }
+        for r in runs
+        if r.method == "ffnskip" and r.stats.get("never_reached_threshold") is not None
+    ]
+
+
+def _prompt(sample: dict[str, Any]) -> str:
+    args = sample.get("arguments", {})
+    first = args.get("gen_args_0", {}).get("arg_0") if isinstance(args, dict) else args[0][0]
+    return str(first or "")
+
+
+def samples(runs: list[Run]) -> list[dict[str, Any]]:
+    """Figure 1: a few prompts per generative task, the dense answer beside each skip method's
+    answer at the model's highest target, with the agreement figures of that sample."""
+    out = []
+    for model, group in _by_model(runs).items():
+        dense = _dense(group)
+        if dense is None:
+            continue
+        top = max((r.target for r in group if r.target is not None), default=None)
+        others = [r for r in group if r.target == top and r.method != "dense"]
+        for task in sorted(dense.agreement or {t for r in others for t in r.agreement}):
+            ref = {s["doc_id"]: s for s in dense.samples(task)}
+            answers = {r.cell: {s["doc_id"]: s["filtered_resps"][0] for s in r.samples(task)} for r in others}
+            agree = {
+                r.cell: {a["doc_id"]: a for a in r.agreement.get(task, {}).get("samples", [])} for r in others
+            }
+            for doc_id in sorted(ref)[:SAMPLE_DOCS]:
+                prompt = _prompt(ref[doc_id])
+                out.append(
+                    {
+                        "model": model,
+                        "task": task,
+                        "doc_id": doc_id,
+                        "prompt": prompt if len(prompt) < 600 else f"... {prompt[-600:]}",
+                        "answers": [("dense", ref[doc_id]["filtered_resps"][0], None)]
+                        + [(cell, a.get(doc_id, ""), agree[cell].get(doc_id)) for cell, a in answers.items()],
+                    }
+                )
+    return out
+
+
+def build(runs: list[Run], source: str) -> dict[str, Any]:
+    """Everything the template shows."""
+    tasks, rows = leaderboard(runs)
+    return {
+        "source": source,
+        "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "models": sorted({r.model for r in runs}),
+        "tasks": tasks,
+        "rows": rows,
+        "skip_curves": skip_curves(runs),
+        "pareto": pareto(runs),
+        "layers": layer_charts(runs),
+        "flops": flops_tables(runs),
+        "warmup": warmup_charts(runs),
+        "worst_case": worst_case(runs),
+        "samples": samples(runs),
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    """The HTML page for ``build``'s context."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    env.filters["num"] = lambda v, fmt="{:.2f}": "" if v is None else fmt.format(v)
+    return env.get_template("report.html.j2").render(**context)

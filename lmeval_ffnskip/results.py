@@ -1,0 +1,215 @@
+"""Read a results directory (``ffnskip sweep`` output or plain lm-eval ``--output_path`` folders)
+into one row per evaluated configuration, for ``ffnskip report``, ``check`` and ``baseline``.
+
+A run is keyed by (model, cell): the cell is ``dense`` or ``<method>-<target>[-<arg><value>...]``
+as ``ffnskip sweep`` names it. Scores are in points: lm-eval's 0-1 metrics (accuracy, exact
+match, rates) are multiplied by 100; ROUGE, BLEU and perplexities are kept as reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import read_jsonl
+
+RAW_METRICS = ("rouge", "bleu", "chrf", "ter", "perplexity", "word_perplexity", "byte_perplexity")
+RAW_METRICS += ("bits_per_byte",)
+SKIP_ARGS = ("method", "target_skip", "pretrained")  # model_args not named in the cell suffix
+
+
+class ResultsError(ValueError):
+    """A results file or directory that cannot be used, with the path and the problem."""
+
+
+def points(metric: str, value: float) -> float:
+    """A metric in points: 0-1 metrics x100, ROUGE/BLEU/perplexities unchanged."""
+    return value if metric.startswith(RAW_METRICS) else 100 * value
+
+
+@dataclass(frozen=True)
+class Score:
+    """One task's headline metric (the first of its metric_list) in points."""
+
+    metric: str
+    value: float
+    higher_is_better: bool
+    n: int | None
+
+
+@dataclass
+class Run:
+    """One evaluated configuration of one model."""
+
+    model: str
+    cell: str
+    method: str
+    target: float | None
+    path: Path
+    model_args: dict[str, Any]
+    ffnskip: dict[str, Any]  # policy, layout, stats (empty for --model hf)
+    scores: dict[str, Score]  # task (and "<task>/agreement") -> headline score
+    metrics: dict[str, dict[str, float]]  # task -> every numeric metric, raw
+    device: str | None
+    dtype: str | None
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return self.ffnskip.get("stats", {})
+
+    @property
+    def skip_ratio(self) -> float | None:
+        """Achieved share of FFN blocks skipped over eligible tokens (0 for dense runs)."""
+        return 0.0 if self.method == "dense" else self.stats.get("skip_ratio_eligible")
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def samples(self, task: str) -> list[dict[str, Any]]:
+        """The run's logged samples of a task ([] when it logged none)."""
+        files = sorted(self.folder.glob(f"samples_{task}_*.jsonl"))
+        return read_jsonl(files[-1]) if files else []
+
+
+def cell_name(model_args: dict[str, Any]) -> str:
+    """``ffnskip sweep``'s name for a configuration: ``dense`` or ``method-target[-argvalue...]``."""
+    method = model_args.get("method", "ffnskip")
+    if method == "dense":
+        return "dense"
+    extra = [f"{k}{v}" for k, v in sorted(model_args.items()) if k not in SKIP_ARGS]
+    return "-".join([method, f"{float(model_args.get('target_skip', 0.25)):g}", *extra])
+
+
+def _headline(task: str, results: dict[str, Any]) -> Score | None:
+    metrics = results["results"].get(task, {})
+    listed = results.get("configs", {}).get(task, {}).get("metric_list") or []
+    names = [m["metric"] for m in listed] or [k.split(",")[0] for k in metrics]
+    for name in names:
+        key = next((k for k in metrics if k.split(",")[0] == name and "_stderr" not in k), None)
+        if key is None or not isinstance(metrics[key], int | float) or isinstance(metrics[key], bool):
+            continue
+        higher = results.get("higher_is_better", {}).get(task, {}).get(name, True)
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        return Score(name, points(name, float(metrics[key])), bool(higher), n)
+    return None
+
+
+def load_run(path: Path, sweep_defaults: dict[str, Any] | None = None) -> Run:
+    """Parse one lm-eval results JSON (a sweep cell's or lm-eval's own)."""
+    try:
+        results = json.loads(path.read_text())
+        config = results["config"]
+        raw_args = config["model_args"]
+        task_results = results["results"]
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not readable as JSON ({err})") from err
+    except (KeyError, TypeError) as err:
+        raise ResultsError(f"{path}: not an lm-eval results file (no {err})") from err
+    if isinstance(raw_args, str):  # lm-eval keeps the CLI string when given one
+        raw_args = dict(kv.split("=", 1) for kv in raw_args.split(",") if "=" in kv)
+    args = dict(raw_args)
+    if config.get("model") != "ffnskip":
+        args["method"] = "dense"
+    args.setdefault("method", "ffnskip")
+    cell = results.get("sweep_cell", {}).get("name") or cell_name(args)
+    scores, metrics = {}, {}
+    for task in task_results:
+        metrics[task] = {
+            k.split(",")[0]: float(v)
+            for k, v in task_results[task].items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and "_stderr" not in k
+        }
+        if (score := _headline(task, results)) is not None:
+            scores[task] = score
+    agreement = results.get("agreement", {})
+    for task, agree in agreement.items():
+        scores[f"{task}/agreement"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
+    target = args.get("target_skip")
+    return Run(
+        model=str(args.get("pretrained", "?")),
+        cell=cell,
+        method=str(args["method"]),
+        target=None if args["method"] == "dense" or target is None else float(target),
+        path=path,
+        model_args=args,
+        ffnskip=config.get("ffnskip") or {},
+        scores=scores,
+        metrics=metrics,
+        device=config.get("device"),
+        dtype=config.get("model_dtype"),
+        agreement=agreement,
+    )
+
+
+def results_files(root: Path) -> list[Path]:
+    """Every finished results JSON under ``root`` (sweep cells and lm-eval's ``results_*.json``)."""
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ResultsError(f"{root}: no such results file or directory")
+    files = [
+        p
+        for pattern in ("results.json", "results_*.json")
+        for p in root.rglob(pattern)
+        if not any(part.endswith(".partial") for part in p.parts)
+    ]
+    if not files:
+        raise ResultsError(
+            f"{root}: no results.json (ffnskip sweep) or results_*.json (lm_eval --output_path) in it"
+        )
+    return sorted(files)
+
+
+def load_runs(root: Path) -> list[Run]:
+    """All runs under ``root``; of several files for the same (model, cell), the newest name wins."""
+    runs: dict[tuple[str, str], Run] = {}
+    for path in results_files(root):
+        run = load_run(path)
+        runs[(run.model, run.cell)] = run
+    return sorted(
+        runs.values(), key=lambda r: (r.model, r.method != "dense", r.method, r.target or 0, r.cell)
+    )
+
+
+def extra(run_or_root: Run | Path, name: str) -> dict[str, Any] | None:
+    """A per-model measurement file (``flops``, ``bench``, ``calibration``) beside a run's folder."""
+    folder = run_or_root.folder.parent if isinstance(run_or_root, Run) else run_or_root
+    path = folder / f"{name}.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not readable as JSON ({err})") from err
+
+
+def bench_row(run: Run) -> dict[str, Any] | None:
+    """The decode-speed row of ``bench.json`` measured for this run's configuration (batch 1 first)."""
+    bench = extra(run, "bench")
+    if not bench:
+        return None
+    name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
+    rows = sorted((r for r in bench["rows"] if r["config"] == name), key=lambda r: r["batch_size"])
+    return rows[0] if rows else None
+
+
+def flops_per_token(run: Run) -> float | None:
+    """Per-token decode FLOPs of this run's own skip pattern, from ``flops.json``'s dense split."""
+    flops = extra(run, "flops")
+    if not flops:
+        return None
+    dense = next(r for r in flops["rows"] if r["config"] == "dense")
+    freq = run.stats.get("layer_skip_frequency")
+    if run.method == "dense" or not freq:
+        return float(dense["total"])
+    saved = sum(f * c for f, c in zip(freq, dense["ffn_per_layer"], strict=True))
+    return dense["total"] - saved
+
+
+def finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)

@@ -1,0 +1,182 @@
+"""`ffnskip report`, `baseline` and `check` on a real (small) SmolLM2 sweep, the page in Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR
+
+from lmeval_ffnskip.cli import main
+from lmeval_ffnskip.report import build
+from lmeval_ffnskip.results import load_runs
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SWEEP = """
+tasks: [freebaseqa]
+methods: [ffnskip, static]
+targets: [0.25]
+model_args: {warmup: 2}
+limit: 3
+batch_size: 3
+flops: {context: 32, targets: [0.25], new_tokens: 4}
+bench: {batch_sizes: [1], new_tokens: 4, reps: 1, targets: [0.25], methods: [ffnskip, static]}
+"""
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished sweep: dense, ffnskip-0.25 and static-0.25 on SmolLM2, with FLOPs and bench."""
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep.yaml").write_text(SWEEP)
+    os.environ.setdefault("FFNSKIP_DATA_DIR", DATA_DIR)
+    assert main(["sweep", str(root / "sweep.yaml"), "--out", str(root / "out")]) == 0
+    return root / "out"
+
+
+def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
+    runs = load_runs(sweep_dir)
+    assert [r.cell for r in runs] == ["dense", "ffnskip-0.25", "static-0.25"]
+    dense, skip, _ = runs
+    assert dense.skip_ratio == 0 and skip.skip_ratio == pytest.approx(8 / 30)
+    assert skip.scores["freebaseqa"].metric == "exact_match" and skip.scores["freebaseqa"].n == 3
+    assert "freebaseqa/agreement" in skip.scores and "freebaseqa/agreement" not in dense.scores
+    tasks, rows = build(runs, str(sweep_dir))["tasks"], build(runs, str(sweep_dir))["rows"]
+    assert tasks == ["freebaseqa", "freebaseqa/agreement"]
+    by_cell = {r["cell"]: r for r in rows}
+    assert by_cell["dense"]["speedup"] == pytest.approx(1.0) and by_cell["static-0.25"]["tokens_per_s"] > 0
+    flops = json.loads((sweep_dir / "smollm2-135m" / "flops.json").read_text())["rows"][0]
+    # the run's own skip pattern: 8 of 30 FFNs on every eligible token
+    saved = 8 * flops["ffn_per_layer"][0]
+    assert by_cell["ffnskip-0.25"]["mflops"] * 1e6 == pytest.approx(flops["total"] - saved, rel=1e-3)
+    assert by_cell["ffnskip-0.25"]["scores"]["freebaseqa"]["delta"] == pytest.approx(
+        skip.scores["freebaseqa"].value - dense.scores["freebaseqa"].value
+    )
+
+
+def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("FFNSKIP_REQUIRE_BROWSER"):
+            pytest.fail("FFNSKIP_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium (Debian: apt-get install chromium); .ci/run installs it")
+    playwright = pytest.importorskip("playwright.sync_api")
+    page_path = tmp_path / "report.html"
+    assert main(["report", str(sweep_dir), "-o", str(page_path)]) == 0
+    html = page_path.read_text()
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
+    assert "https://" not in html
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("request", lambda r: None if r.url.startswith("file:") else problems.append(r.url))
+        page.goto(page_path.as_uri())
+        charts = page.eval_on_selector_all(
+            "svg.chart",
+            """svgs => svgs.map(s => ({
+                title: s.querySelector('title').textContent,
+                width: s.getBoundingClientRect().width,
+                marks: [...s.querySelectorAll('polyline.series, circle.point, rect.bar, polygon.band')]
+                    .filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length,
+            }))""",
+        )
+        # the leaderboard sorts: click "achieved skip" twice -> descending, static/ffnskip first
+        header = page.locator("#leaderboard-table th", has_text="achieved skip")
+        header.click()
+        header.click()
+        first = page.locator("#leaderboard-table tbody tr").first.locator("td").nth(1).inner_text()
+        browser.close()
+    assert problems == []
+    titles = [c["title"] for c in charts]
+    assert any("vs FFN skip ratio" in t for t in titles)
+    assert any("vs decode speed" in t for t in titles)
+    assert any("per-layer FFN skip frequency" in t for t in titles)
+    assert any("FLOPs per token" in t for t in titles)
+    assert all(c["width"] > 100 and c["marks"] > 0 for c in charts), charts
+    assert first in ("ffnskip-0.25", "static-0.25")
+
+
+def _edit(path: Path, change: callable) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_check_passes_then_catches_regressions_and_bad_input(sweep_dir, tmp_path, capsys):
+    base = tmp_path / "baseline.json"
+    assert main(["baseline", str(sweep_dir), "-o", str(base), "--tolerance", "freebaseqa/agreement=2"]) == 0
+    assert json.loads(base.read_text())["limits"]["per_task"] == {"freebaseqa/agreement": 2.0}
+    md = tmp_path / "summary.md"
+    assert main(["check", str(sweep_dir), "--baseline", str(base), "--markdown", str(md)]) == 0
+    assert "pass" in capsys.readouterr().out and md.read_text().startswith("### ffnskip check: pass")
+
+    work = tmp_path / "work"
+    shutil.copytree(sweep_dir, work)
+    cell = work / "smollm2-135m" / "ffnskip-0.25" / "results.json"
+    original = cell.read_text()
+
+    def lower_agreement(doc: dict) -> None:
+        doc["agreement"]["freebaseqa"]["rougeL"] -= 2.5  # beyond the task's own 2-point tolerance
+
+    _edit(cell, lower_agreement)
+    assert main(["check", str(work), "--baseline", str(base), "--markdown", str(md)]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION" in out and "!! smollm2-135m    ffnskip-0.25      freebaseqa/agreement" in out
+    assert "| FAIL | smollm2-135m | ffnskip-0.25 | freebaseqa/agreement rougeL_vs_dense |" in md.read_text()
+    # the same drop passes with a looser tolerance for that task
+    assert main(["check", str(work), "--baseline", str(base), "--tolerance", "freebaseqa/agreement=3"]) == 0
+
+    def fewer_skips(doc: dict) -> None:
+        doc["config"]["ffnskip"]["stats"]["skip_ratio_eligible"] -= 0.05
+
+    cell.write_text(original)
+    _edit(cell, fewer_skips)
+    assert main(["check", str(work), "--baseline", str(base)]) == 1
+    assert "!! smollm2-135m    ffnskip-0.25      achieved skip ratio" in capsys.readouterr().out
+
+    cell.write_text(original)
+    bench = work / "smollm2-135m" / "bench.json"
+
+    def slower(doc: dict) -> None:
+        row = next(r for r in doc["rows"] if r["config"] == "static-0.25")
+        row["speedup"] = 0.8
+
+    _edit(bench, slower)
+    assert main(["check", str(work), "--baseline", str(base)]) == 1
+    assert "!! smollm2-135m    static-0.25       decode speedup" in capsys.readouterr().out
+
+    # bad input: exit 2, naming the file and the problem
+    cell.write_text(original[: len(original) // 2])
+    assert main(["check", str(work), "--baseline", str(base)]) == 2
+    assert f"{cell}: not readable as JSON" in capsys.readouterr().err
+    shutil.rmtree(cell.parent)
+    assert main(["check", str(work), "--baseline", str(base)]) == 2
+    assert "no run for smollm2-135m/ffnskip-0.25" in capsys.readouterr().err
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"runs": []}')
+    assert main(["check", str(sweep_dir), "--baseline", str(broken)]) == 2
+    assert "not an ffnskip baseline" in capsys.readouterr().err
+    assert main(["check", str(sweep_dir), "--baseline", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: cannot read the baseline" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing"), "-o", str(tmp_path / "r.html")]) == 2
+    assert "no such results file or directory" in capsys.readouterr().err
+
+
+def test_check_refuses_runs_of_another_limit(sweep_dir, tmp_path, capsys):
+    base = tmp_path / "baseline.json"
+    assert main(["baseline", str(sweep_dir), "-o", str(base)]) == 0
+
+    def other_limit(doc: dict) -> None:
+        doc["runs"][0]["scores"]["freebaseqa"]["n"] = 50
+
+    _edit(base, other_limit)
+    assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 2
+    assert "scored on 3 samples, the baseline on 50" in capsys.readouterr().err
