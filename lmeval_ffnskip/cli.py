@@ -1,7 +1,8 @@
 """The ``ffnskip`` command (also ``python -m lmeval_ffnskip``).
 
 Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge),
-``flops`` (per-token decode FLOPs), ``sweep`` (tasks x methods x ratios into one results
+``flops`` (per-token decode FLOPs), ``calibrate`` (similarity curve and a profile for a
+target ratio), ``sweep`` (tasks x methods x ratios into one results
 directory), ``report`` (HTML page of a results directory), ``baseline`` / ``check`` (the CI
 regression gate). Any other arguments go to lm-eval's own CLI with
 ``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
@@ -220,6 +221,63 @@ def flops_main(argv: list[str]) -> int:
     return 0
 
 
+def calibrate_main(argv: list[str]) -> int:
+    """Per-layer similarity curve, cold regions, and ffnskip settings for a target skip ratio."""
+    from .calibrate import Settings, calibrate
+
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="ffnskip calibrate",
+        description="Measure cos(h, h + FFN) per layer over greedy continuations of WikiText-2 prompts, "
+        "find the cold layers, and the threshold and k that reach --target (checked on held-out "
+        "prompts). The JSON is a profile for --model_args profile=PATH.",
+    )
+    parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--target", type=float, default=0.25, help="target skip ratio (default 0.25)")
+    parser.add_argument(
+        "--prompts", type=int, default=defaults.prompts, help="calibration (and held-out) prompts"
+    )
+    parser.add_argument("--prompt-tokens", type=int, default=defaults.prompt_tokens)
+    parser.add_argument("--new-tokens", type=int, default=defaults.new_tokens)
+    parser.add_argument("--tolerance", type=float, default=defaults.tolerance)
+    parser.add_argument("--json", type=Path, help="write the profile here")
+    args = parser.parse_args(argv)
+    if not 0 < args.target < 1:
+        print(f"ffnskip calibrate: --target {args.target} is out of range (0, 1)", file=sys.stderr)
+        return 2
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoints import resolve
+
+    path = resolve(args.pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).to(args.device).eval()
+    settings = Settings(args.prompts, args.prompt_tokens, args.new_tokens, args.tolerance)
+    try:
+        profile = calibrate(
+            model, tokenizer, args.target, settings, lambda line: print(line, file=sys.stderr)
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ffnskip calibrate: {err}", file=sys.stderr)
+        return 2
+    print(f"{'layer':>5}{'mean cos':>10}{'std':>8}{'min':>8}")
+    cold = profile["cold"]
+    for i, layer in enumerate(profile["layers"]):
+        mark = "  cold" if i < cold["cold_start"] or i >= profile["n_layers"] - cold["cold_end"] else ""
+        print(f"{i:>5}{layer['mean']:>10.4f}{layer['std']:>8.4f}{layer['min']:>8.4f}{mark}")
+    p = profile["policy"]
+    print(
+        f"target {args.target:.1%}: threshold {p['threshold']:g}, k {profile['k']}, cold {p['cold_start']}+"
+        f"{p['cold_end']}; achieved {profile['calibration_ratio']:.1%} on calibration prompts, "
+        f"{profile['heldout_ratio']:.1%} held out"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(profile, indent=2))
+    return 0
+
+
 def sweep_main(argv: list[str]) -> int:
     """Run a sweep config into a results directory (resumable), and print its table."""
     from .sweep import SHIPPED, SweepConfig, run
@@ -365,6 +423,7 @@ SUBCOMMANDS = {
     "judge": judge_main,
     "flops": flops_main,
     "sweep": sweep_main,
+    "calibrate": calibrate_main,
     "report": report_main,
     "baseline": baseline_main,
     "check": check_main,

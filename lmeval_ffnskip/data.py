@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 import urllib.request
@@ -233,3 +234,16 @@ def tasks_dir() -> Path:
     """The shipped lm-eval task YAMLs (inside the wheel, or ``tasks/`` of a source checkout)."""
     here = Path(__file__).resolve().parent
     return here / "tasks" if (here / "tasks").is_dir() else here.parent / "tasks"
+
+
+WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # top-level ` = Title = `; sections are ` = = Section = = `
+
+
+def split_articles(text: str) -> list[str]:
+    """One page per top-level heading, lines joined with newlines (CRLF normalised)."""
+    pages: list[list[str]] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if WIKITEXT_TITLE.match(line) or not pages:
+            pages.append([])
+        pages[-1].append(line)
+    return ["\n".join(lines).strip("\n") + "\n" for lines in pages if any(s.strip() for s in lines)]

@@ -36,14 +36,15 @@ HF_LOAD_ARGS = (
 def _valid_args() -> set[str]:
     params = inspect.signature(HFLM.__init__).parameters.values()
     named = {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY}
-    return (named - {"self"}) | set(POLICY_ARGS) | set(HF_LOAD_ARGS)
+    return (named - {"self"}) | set(POLICY_ARGS) | set(HF_LOAD_ARGS) | {"profile"}
 
 
 class FFNSkipLM(HFLM):
     """HFLM whose decoder skips FFN blocks per token (see ``policy.py``).
 
     model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
-    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed).
+    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed), and ``profile``
+    (a file from ``ffnskip calibrate``, or ``auto``: calibrate for target_skip once, cached).
     ``pretrained`` defaults to the embedded ``smollm2-135m``; ``gemma3-270m`` is the other alias.
     """
 
@@ -54,13 +55,38 @@ class FFNSkipLM(HFLM):
                 f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
                 f"{', '.join(POLICY_ARGS)}, and HFLM's: {', '.join(sorted(_valid_args() - set(POLICY_ARGS)))}"
             )
-        self.policy = SkipPolicy.from_args({k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs})
+        given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
+        profile = kwargs.pop("profile", None)
+        self.policy = SkipPolicy.from_args(given)
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
         super().__init__(pretrained=pretrained, **kwargs)
+        self.profile: str | None = None
+        if profile is not None and str(profile).lower() != "none":
+            self._apply_profile(str(profile), given)
         self.engine = SkipEngine(self.model, self.policy)
         self.engine.install()
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
+
+    def _apply_profile(self, profile: str, given: dict[str, Any]) -> None:
+        """Take threshold, cold layers and k from a calibration profile (``auto``: calibrate once
+        for ``target_skip`` and cache it per model)."""
+        from .calibrate import PROFILE_KEYS, cached_profile, read_profile
+
+        if self.policy.method != "ffnskip":
+            raise ValueError(f"profile= sets ffnskip's threshold and k; method={self.policy.method} has none")
+        fixed = {"target_skip"} if profile == "auto" else set()
+        if clash := sorted(set(given) & set(PROFILE_KEYS) - fixed):
+            raise ValueError(f"profile={profile} sets {', '.join(PROFILE_KEYS)}; drop {', '.join(clash)}")
+        n_layers = len(SkipEngine(self.model, self.policy).sites)
+        path = (
+            cached_profile(self.model, self.tokenizer, self.policy.target_skip)
+            if profile == "auto"
+            else profile
+        )
+        settings = read_profile(path, n_layers)["policy"]
+        self.policy = dataclasses.replace(self.policy, **{k: settings[k] for k in PROFILE_KEYS})
+        self.profile = str(path)
 
     def _gather_stats(self, kind: str, n_requests: int) -> None:
         """Fold this process's counters into ``skip_stats``, summed over all processes."""
@@ -124,6 +150,7 @@ class FFNSkipLM(HFLM):
         stats = self.skip_stats.summary()
         info["ffnskip"] = {
             "policy": dataclasses.asdict(self.policy),
+            "profile": self.profile,
             "layout": dataclasses.asdict(self.engine.layout),
             "stats": stats,
             "skipped_anything": bool(stats["skipped"]),

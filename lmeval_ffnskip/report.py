@@ -132,7 +132,7 @@ def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Per model: the calibration similarity curve and each method's per-layer skip frequency."""
     charts = []
     for model, group in _by_model(runs).items():
-        calibration = extra(group[0], "calibration")
+        calibration = extra(group[0], "calibrate")
         if calibration:
             layers = calibration["layers"]
             shade = _cold(calibration["cold"], len(layers))

@@ -177,7 +177,7 @@ def load_runs(root: Path) -> list[Run]:
 
 
 def extra(run_or_root: Run | Path, name: str) -> dict[str, Any] | None:
-    """A per-model measurement file (``flops``, ``bench``, ``calibration``) beside a run's folder."""
+    """A per-model measurement file (``flops``, ``bench``, ``calibrate``) beside a run's folder."""
     folder = run_or_root.folder.parent if isinstance(run_or_root, Run) else run_or_root
     path = folder / f"{name}.json"
     if not path.exists():

@@ -1,0 +1,250 @@
+"""``ffnskip calibrate``: the per-layer similarity curve of a model, and the ffnskip settings
+that reach a target skip ratio on it.
+
+1. Measure. Greedy-decode from WikiText-2 prompts with the full model and record, for every
+   generated token and layer, cos(h, h + FFN block) (the paper's Figure 2).
+2. Cold regions. The layers at either end whose mean similarity stays below the midpoint of
+   the curve's range (min + max) / 2 always run: that is where FFNs change the residual most.
+3. Threshold and k. With the dense similarities the rule's trigger layer is known per token
+   (a token's FFNs before its trigger all run), so the achieved ratio of any (threshold, k) is
+   predicted without decoding again. Of the pairs within ``tolerance`` of the target, the one
+   with the highest threshold wins (the most selective trigger); k is then as small as reaches
+   the target. The profile is checked by real ffnskip decoding on held-out prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import ffn_sites
+from .data import locate, split_articles
+from .engine import attach
+from .policy import SkipPolicy
+
+PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
+THRESHOLDS = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))  # 0.5 .. 0.995
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What is calibrated on: prompts (WikiText-2 articles, alternate ones held out) and decoding."""
+
+    prompts: int = 8
+    prompt_tokens: int = 48
+    new_tokens: int = 48
+    tolerance: float = 0.01  # predicted ratio within this of the target on calibration prompts
+
+
+def wikitext_prompts(tokenizer: Any, settings: Settings) -> tuple[list[list[int]], list[list[int]]]:
+    """Calibration and held-out prompts: the first ``prompt_tokens`` of alternate articles."""
+    pages = split_articles(locate("wikitext2").read_text(encoding="utf-8"))
+    ids = [tokenizer.encode(page)[: settings.prompt_tokens] for page in pages[: 2 * settings.prompts]]
+    return ids[0::2], ids[1::2]
+
+
+def _batch(tokenizer: Any, prompts: list[list[int]], device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(map(len, prompts))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _generate(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> None:
+    model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+
+@torch.no_grad()
+def similarities(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
+    """cos(h, h + FFN block) at every layer for the tokens fed to decoding steps (each generated
+    token but the last), dense: [tokens, layers]."""
+    _, sites = ffn_sites(model)
+    steps: list[list[torch.Tensor]] = []
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            kept[index] = args[0]
+
+        return hook
+
+    def measure(site: Any) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            h = kept[site.index]
+            if h.shape[1] != 1:  # the prompt pass
+                return
+            block = site.out_norm(out) if site.out_norm is not None else out
+            if site.index == 0:
+                steps.append([])
+            steps[-1].append(torch.cosine_similarity(h.float(), (h + block).float(), dim=-1).flatten())
+
+        return hook
+
+    handles = [s.in_norm.register_forward_pre_hook(keep(s.index)) for s in sites]
+    handles += [s.mlp.register_forward_hook(measure(s)) for s in sites]
+    try:
+        _generate(model, batch, new_tokens)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.cat([torch.stack(layers, dim=1) for layers in steps]).cpu()
+
+
+def cold_regions(mean: list[float], spread: list[float]) -> tuple[int, int]:
+    """Leading and trailing layers whose mean similarity lies more than two typical spreads below
+    the typical layer's (medians over layers), at least one at each end."""
+    level = statistics.median(mean) - 2 * statistics.median(spread)
+    start = next((i for i, m in enumerate(mean) if m >= level), len(mean))
+    end = next((i for i, m in enumerate(reversed(mean)) if m >= level), len(mean))
+    return max(1, start), max(1, end)
+
+
+def trigger_room(cos: torch.Tensor, cold: tuple[int, int], threshold: float) -> torch.Tensor:
+    """Per token, how many FFNs the rule could skip after its trigger (0: it never fires).
+
+    The trigger is the first checked layer whose dense similarity reaches ``threshold``: a
+    token's FFNs before its trigger all run, so its similarities there are the dense ones.
+    """
+    stop = cos.shape[1] - cold[1]
+    fired = cos[:, cold[0] : stop - 1] >= threshold
+    first = fired.float().argmax(1) + cold[0]
+    return torch.where(fired.any(1), stop - first - 1, 0)
+
+
+def predicted_ratio(cos: torch.Tensor, cold: tuple[int, int], threshold: float, k: int) -> float:
+    """The share of FFNs the ffnskip rule would skip on these tokens."""
+    return float(trigger_room(cos, cold, threshold).clamp(max=k).float().mean()) / cos.shape[1]
+
+
+def choose(
+    cos: torch.Tensor, cold: tuple[int, int], target: float, tolerance: float, below: float = 2.0
+) -> tuple[float, int, float]:
+    """(threshold, k, predicted ratio) for ``target``: the highest threshold under ``below`` within
+    tolerance, then the smallest k; if no pair is within tolerance, the closest one."""
+    n_layers = cos.shape[1]
+    ks = torch.arange(1, n_layers - sum(cold))
+    best: tuple[float, float, int, float] | None = None  # (error beyond tolerance, -threshold, k, ratio)
+    for threshold in (t for t in THRESHOLDS if t < below):
+        room = trigger_room(cos, cold, threshold)
+        ratios = torch.minimum(room[:, None], ks[None, :]).float().mean(0) / n_layers
+        for k, ratio in zip(ks.tolist(), ratios.tolist(), strict=True):
+            error = abs(ratio - target)
+            key = (0.0 if error <= tolerance else error, -threshold, k, ratio)
+            best = key if best is None or key < best else best
+    _, neg_threshold, k, ratio = best
+    return -neg_threshold, k, ratio
+
+
+def run_ratio(model: nn.Module, batch: dict[str, torch.Tensor], policy: SkipPolicy, new_tokens: int) -> float:
+    """The achieved ratio of real ffnskip decoding with ``policy`` on ``batch``."""
+    with torch.no_grad(), attach(model, policy) as engine:
+        _generate(model, batch, new_tokens)
+    return engine.stats.summary()["skip_ratio_eligible"] or 0.0
+
+
+def calibrate(
+    model: nn.Module,
+    tokenizer: Any,
+    target: float,
+    settings: Settings = Settings(),
+    progress: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """The profile: per-layer curve, cold regions, threshold and k for ``target``, held-out check.
+
+    The pair predicted from dense similarities is then run for real on the calibration prompts;
+    skipping changes later similarities a little, so while the real ratio misses the target by
+    more than ``tolerance``, the next lower threshold's pair is tried (lower thresholds fire
+    earlier and more surely, so the prediction holds better).
+    """
+    calib, held = wikitext_prompts(tokenizer, settings)
+    calib_batch = _batch(tokenizer, calib, model.device)
+    progress(
+        f"decoding {len(calib)} WikiText-2 prompts x {settings.new_tokens} tokens, measuring every layer"
+    )
+    cos = similarities(model, calib_batch, settings.new_tokens)
+    mean, spread = cos.mean(0).tolist(), cos.std(0).tolist()
+    cold = cold_regions(mean, spread)
+    n_layers = cos.shape[1]
+    below, tried = 2.0, []
+    while True:
+        threshold, k, predicted = choose(cos, cold, target, settings.tolerance, below)
+        args = {
+            "threshold": threshold,
+            "cold_start": cold[0],
+            "cold_end": cold[1],
+            "target_skip": k / n_layers,
+        }
+        real = run_ratio(model, calib_batch, SkipPolicy(warmup=0, **args), settings.new_tokens)
+        tried.append({"threshold": threshold, "k": k, "predicted": predicted, "real": real})
+        progress(f"threshold {threshold:g}, k {k}: predicted {predicted:.1%}, decoded {real:.1%}")
+        if abs(real - target) <= settings.tolerance or threshold <= THRESHOLDS[0]:
+            break
+        below = threshold
+    held_ratio = run_ratio(model, _batch(tokenizer, held, model.device), SkipPolicy(warmup=0, **args),
+                           settings.new_tokens)  # fmt: skip
+    return {
+        "format": PROFILE_FORMAT,
+        "model": getattr(model.config, "_name_or_path", ""),
+        "n_layers": n_layers,
+        "target_skip": target,
+        "settings": asdict(settings),
+        "layers": [
+            {"mean": m, "std": s, "min": float(lo)}
+            for m, s, lo in zip(mean, spread, cos.min(0).values, strict=True)
+        ],
+        "cold": {"cold_start": cold[0], "cold_end": cold[1]},
+        "k": k,
+        "policy": args,
+        "tried": tried,
+        "calibration_ratio": tried[-1]["real"],
+        "heldout_ratio": held_ratio,
+        "tokens": cos.shape[0],
+    }
+
+
+PROFILE_KEYS = ("threshold", "cold_start", "cold_end", "target_skip")
+
+
+def read_profile(path: Path, n_layers: int) -> dict[str, Any]:
+    """A profile written by ``ffnskip calibrate``, checked against the model's depth."""
+    try:
+        profile = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ValueError(f"profile={path}: cannot read it ({err.strerror or err})") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"profile={path}: not valid JSON ({err}); rewrite it with ffnskip calibrate"
+        ) from err
+    if not isinstance(profile, dict) or profile.get("format") != PROFILE_FORMAT:
+        raise ValueError(f"profile={path}: not an ffnskip profile; write one with `ffnskip calibrate`")
+    if profile["n_layers"] != n_layers:
+        raise ValueError(
+            f"profile={path} was calibrated on a model with {profile['n_layers']} layers; this one "
+            f"has {n_layers}: calibrate this model (ffnskip calibrate --pretrained ...)"
+        )
+    return profile
+
+
+def cached_profile(model: nn.Module, tokenizer: Any, target: float, settings: Settings = Settings()) -> Path:
+    """The profile of ``model`` for ``target``, calibrated on first use and cached per model."""
+    from .checkpoints import cache_root
+
+    name = str(getattr(model.config, "_name_or_path", "")) or type(model).__name__
+    key = hashlib.sha256(json.dumps([name, target, asdict(settings)]).encode()).hexdigest()[:16]
+    path = cache_root() / "profiles" / f"{Path(name).name}-{target:g}-{key}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile = calibrate(model, tokenizer, target, settings)
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text(json.dumps(profile, indent=2))
+        tmp.replace(path)
+    return path

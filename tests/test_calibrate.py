@@ -1,0 +1,106 @@
+"""`ffnskip calibrate`: the similarity curve, cold regions, the (threshold, k) search, profiles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import DATA_DIR, tiny_model
+
+from lmeval_ffnskip import calibrate as cal
+from lmeval_ffnskip.cli import main
+from lmeval_ffnskip.engine import attach
+from lmeval_ffnskip.lm import FFNSkipLM
+from lmeval_ffnskip.policy import SkipPolicy
+
+SMALL = cal.Settings(prompts=4, prompt_tokens=32, new_tokens=24)
+
+
+def test_cold_regions_and_predicted_ratio_by_hand():
+    mean = [0.1, 0.6, 0.95, 0.96, 0.97, 0.95, 0.96, 0.7]
+    spread = [0.05, 0.05, 0.02, 0.02, 0.02, 0.02, 0.02, 0.1]
+    # median of means 0.95, median spread 0.02: layers below 0.91 at the ends are cold
+    assert cal.cold_regions(mean, spread) == (2, 1)
+    assert cal.cold_regions([0.9] * 6, [0.01] * 6) == (1, 1)  # at least one at each end
+    cos = torch.tensor(
+        [
+            [0.0, 0.95, 0.80, 0.99, 0.99, 0.0],  # checked layers 1..3: fires at 1 -> room 3
+            [0.0, 0.80, 0.95, 0.80, 0.99, 0.0],  # fires at 2 -> room 2
+            [0.0, 0.80, 0.80, 0.80, 0.99, 0.0],  # never fires (layer 4 is not checked)
+        ]
+    )
+    assert cal.trigger_room(cos, (1, 1), 0.9).tolist() == [3, 2, 0]
+    assert cal.predicted_ratio(cos, (1, 1), 0.9, 2) == pytest.approx((2 + 2 + 0) / 3 / 6)
+    # 3 / 18 reachable at threshold 0.9 (k=2: 4/18 no; k=1: 2/18 ...) -> the highest threshold first
+    threshold, k, ratio = cal.choose(cos, (1, 1), target=2 / 18, tolerance=0.001)
+    assert (threshold, k) == (0.95, 1) and ratio == pytest.approx(2 / 18)
+
+
+def test_similarities_predict_the_engines_first_decisions():
+    """The first decoded token has a dense history, so its real skip counts are the predicted ones."""
+    model = tiny_model("llama", n_layers=10)
+    batch = {"input_ids": torch.randint(3, 97, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}
+    cos = cal.similarities(model, batch, new_tokens=3)
+    assert cos.shape == (4 * 2, 10) and cos.abs().max() <= 1 + 1e-6
+    threshold = float(cos[:4, 2:8].median())  # fires for some tokens at some layers, not all
+    policy = SkipPolicy(threshold=threshold, warmup=0, cold_start=2, cold_end=2, target_skip=0.3)
+    with torch.no_grad(), attach(model, policy, record=True) as engine:
+        model.generate(**batch, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    first_step = engine.history[1].reshape(4, 10)
+    expected = cal.trigger_room(cos[:4], (2, 2), threshold).clamp(max=3)
+    assert first_step.sum(1).tolist() == expected.tolist()
+    assert 0 < expected.sum() < 4 * 3
+
+
+def test_calibration_meets_the_target_on_held_out_prompts(smollm2, tmp_path, monkeypatch):
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    model, tok = smollm2
+    profile = cal.calibrate(model, tok, 0.25, SMALL)
+    assert abs(profile["heldout_ratio"] - 0.25) <= 0.02, profile["tried"]
+    assert abs(profile["calibration_ratio"] - 0.25) <= SMALL.tolerance
+    assert len(profile["layers"]) == 30 and profile["layers"][0]["mean"] < profile["layers"][15]["mean"]
+    assert profile["policy"]["target_skip"] == profile["k"] / 30
+
+    # a profile drives --model ffnskip; it clashes with explicit settings; others are refused
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    lm = FFNSkipLM(profile=str(path), warmup=2, batch_size=1, device="cpu")
+    assert lm.policy.threshold == profile["policy"]["threshold"] and lm.engine.layout.k == profile["k"]
+    assert lm.get_model_info()["ffnskip"]["profile"] == str(path)
+    with pytest.raises(ValueError, match="drop threshold"):
+        FFNSkipLM(profile=str(path), threshold=0.9, device="cpu")
+    deeper = tmp_path / "deeper.json"
+    deeper.write_text(json.dumps({**profile, "n_layers": 40}))
+    with pytest.raises(ValueError, match="calibrated on a model with 40 layers; this one has 30"):
+        FFNSkipLM(profile=str(deeper), device="cpu")
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        FFNSkipLM(profile=str(corrupt), device="cpu")
+
+    # profile=auto calibrates once per model and target, then reads the cache
+    monkeypatch.setattr("lmeval_ffnskip.checkpoints.cache_root", lambda: tmp_path / "cache")
+    calls = []
+    monkeypatch.setattr(cal, "calibrate", lambda *args: calls.append(args[2:]) or profile)
+    cached = cal.cached_profile(model, tok, 0.25, SMALL)
+    assert cal.cached_profile(model, tok, 0.25, SMALL) == cached and calls == [(0.25, SMALL)]
+    assert json.loads(cached.read_text()) == profile
+    assert cal.cached_profile(model, tok, 0.4, SMALL) != cached and len(calls) == 2
+    auto = FFNSkipLM(profile="auto", target_skip=0.25, device="cpu")
+    assert calls[-1] == (0.25, cal.Settings()) and auto.policy.threshold == profile["policy"]["threshold"]
+    assert auto.profile.startswith(str(tmp_path / "cache" / "profiles"))
+
+
+def test_calibrate_cli(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    assert main(["calibrate", "--target", "1.5"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setattr("lmeval_ffnskip.data.urllib.request.urlopen", _offline)
+    assert main(["calibrate", "--prompts", "2", "--new-tokens", "4"]) == 2
+    assert "wikitext2" in capsys.readouterr().err
+
+
+def _offline(*args: object, **kwargs: object) -> None:
+    raise OSError("network unreachable")
