@@ -1,10 +1,10 @@
 """The ``ffnskip`` command (also ``python -m lmeval_ffnskip``).
 
 Subcommands: ``bench`` (decode speed), ``judge`` (grade logged chat answers with an LLM judge),
-``flops`` (per-token decode FLOPs), ``calibrate`` (similarity curve and a profile for a
-target ratio), ``sweep`` (tasks x methods x ratios into one results
-directory), ``report`` (HTML page of a results directory), ``baseline`` / ``check`` (the CI
-regression gate). Any other arguments go to lm-eval's own CLI with
+``flops`` (per-token decode FLOPs), ``calibrate`` (similarity curve and a profile for a target
+ratio), ``fidelity`` (teacher-forced agreement with dense), ``sweep`` (tasks x methods x ratios
+into one results directory), ``report`` (HTML page of a results directory), ``baseline`` /
+``check`` (the CI regression gate). Any other arguments go to lm-eval's own CLI with
 ``--model ffnskip`` registered, so ``python -m lmeval_ffnskip --model ffnskip --tasks ...`` is
 ``lm_eval --model ffnskip --tasks ...``.
 """
@@ -278,6 +278,62 @@ def calibrate_main(argv: list[str]) -> int:
     return 0
 
 
+def fidelity_main(argv: list[str]) -> int:
+    """Teacher-forced top-1 agreement with dense and perplexity, per method and skip ratio."""
+    parser = argparse.ArgumentParser(
+        prog="ffnskip fidelity",
+        description="Teacher-forced fidelity to the dense model (no compounding): top-1 next-token "
+        "agreement with dense and perplexity over WikiText-2 text or the dense model's own greedy "
+        "continuations, for each method at each target skip ratio.",
+    )
+    parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument("--methods", default="ffnskip,static,random")
+    parser.add_argument("--targets", default="0.1,0.25,0.4")
+    parser.add_argument("--threshold", type=float, default=0.9, help="ffnskip threshold (default 0.9)")
+    parser.add_argument("--source", choices=("wikitext", "continuations"), default="wikitext")
+    parser.add_argument("--sequences", type=int, default=8)
+    parser.add_argument("--length", type=int, default=256, help="tokens per sequence")
+    parser.add_argument("--warmup", type=int, default=32, help="leading positions run full, not scored")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args(argv)
+
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .checkpoints import resolve
+    from .fidelity import continuations, measure, wikitext_sequences
+    from .policy import SkipPolicy
+
+    path = resolve(args.pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    try:
+        if args.source == "wikitext":
+            sequences = wikitext_sequences(tokenizer, args.sequences, args.length)
+        else:
+            prompts = wikitext_sequences(tokenizer, args.sequences, args.warmup)
+            sequences = continuations(model, prompts, args.length - args.warmup)
+        policies = {
+            f"{m}-{float(t):g}": SkipPolicy(method=m, target_skip=float(t), threshold=args.threshold)
+            for m in args.methods.split(",")
+            for t in args.targets.split(",")
+        }
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ffnskip fidelity: {err}", file=sys.stderr)
+        return 2
+    rows = measure(model, sequences, policies, args.warmup)
+    print(f"{args.pretrained}, {args.source}: {sequences.shape[0]} x {sequences.shape[1]} tokens, "
+          f"first {args.warmup} positions full")  # fmt: skip
+    print(f"{'config':<16}{'skipped':>9}{'top-1 = dense':>15}{'perplexity':>12}")
+    for r in rows:
+        print(f"{r.name:<16}{r.skip_ratio:>9.1%}{r.top1_agreement:>15.3f}{r.perplexity:>12.2f}")
+    if args.json:
+        payload = {"model": args.pretrained, "source": args.source, "shape": list(sequences.shape)}
+        args.json.write_text(json.dumps({**payload, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+    return 0
+
+
 def sweep_main(argv: list[str]) -> int:
     """Run a sweep config into a results directory (resumable), and print its table."""
     from .sweep import SHIPPED, SweepConfig, run
@@ -424,6 +480,7 @@ SUBCOMMANDS = {
     "flops": flops_main,
     "sweep": sweep_main,
     "calibrate": calibrate_main,
+    "fidelity": fidelity_main,
     "report": report_main,
     "baseline": baseline_main,
     "check": check_main,

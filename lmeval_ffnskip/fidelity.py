@@ -1,0 +1,90 @@
+"""Teacher-forced fidelity to the dense model: how much of the full model a skip policy keeps,
+measured without compounding errors.
+
+One forward pass over a fixed token sequence with ``skip_prompt`` decides per position exactly
+what token-by-token decoding of that sequence decides (tested in test_engine), so each policy
+sees the same inputs as the dense model. Per policy: the share of scored positions whose top-1
+next token equals the dense model's, and the perplexity of the sequence. Sequences are WikiText-2
+text or the dense model's own greedy continuations of WikiText-2 prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .engine import attach
+from .policy import SkipPolicy
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """One policy's teacher-forced agreement with the dense model."""
+
+    name: str
+    top1_agreement: float  # share of scored positions with the dense model's argmax
+    perplexity: float
+    skip_ratio: float  # achieved over the scored (eligible) positions
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, ids: torch.Tensor, policy: SkipPolicy | None) -> tuple[torch.Tensor, float]:
+    if policy is None:
+        return model(ids).logits.float(), 0.0
+    with attach(model, policy) as engine:
+        logits = model(ids).logits.float()
+    return logits, engine.stats.summary()["skip_ratio_eligible"] or 0.0
+
+
+def measure(
+    model: nn.Module, sequences: torch.Tensor, policies: dict[str, SkipPolicy], warmup: int
+) -> list[Fidelity]:
+    """Dense first, then each policy, over ``sequences`` [batch, length] of equal length.
+
+    Positions from ``warmup`` on are scored (the next-token prediction of each); every policy is
+    run with ``skip_prompt`` and that warm-up, so exactly the scored positions are eligible.
+    """
+    targets = sequences[:, warmup + 1 :]
+    dense, _ = _logits(model, sequences, None)
+    dense = dense[:, warmup:-1]
+    reference = dense.argmax(-1)
+
+    def score(name: str, logits: torch.Tensor, ratio: float) -> Fidelity:
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        agree = (logits.argmax(-1) == reference).float().mean()
+        return Fidelity(name, float(agree), math.exp(float(nll)), ratio)
+
+    rows = [score("dense", dense, 0.0)]
+    for name, policy in policies.items():
+        forced = dataclasses.replace(policy, skip_prompt=True, warmup=warmup)
+        logits, ratio = _logits(model, sequences, forced)
+        rows.append(score(name, logits[:, warmup:-1], ratio))
+    return rows
+
+
+@torch.no_grad()
+def continuations(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The dense model's greedy continuations (EOS suppressed), prompt included: [batch, prompt + new]."""
+    return model.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+    )
+
+
+def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tensor:
+    """The first ``length`` tokens of the first ``count`` WikiText-2 test articles that long."""
+    from .data import locate, split_articles
+
+    pages = split_articles(locate("wikitext2").read_text(encoding="utf-8"))
+    ids = [tokenizer.encode(page) for page in pages]
+    rows = [seq[:length] for seq in ids if len(seq) >= length][:count]
+    if len(rows) < count:
+        raise ValueError(f"only {len(rows)} WikiText-2 articles have {length} tokens; lower --length")
+    return torch.tensor(rows)
