@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerate the published reference report (reports/reference.html and its main chart) from a
+# real sweep of both embedded models: about an hour on 2 CPU cores; finished cells are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-reference_out}
+export FFNSKIP_DATA_DIR="${FFNSKIP_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+python -m lmeval_ffnskip sweep reference --out "$OUT"
+python -m lmeval_ffnskip sweep reference_gemma --out "$OUT"
+python -m lmeval_ffnskip report "$OUT" -o reports/reference.html
+python scripts/screenshot.py reports/reference.html reports/reference.png
