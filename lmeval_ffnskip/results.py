@@ -16,9 +16,18 @@ from typing import Any
 
 from .data import read_jsonl
 
-RAW_METRICS = ("rouge", "bleu", "chrf", "ter", "perplexity", "word_perplexity", "byte_perplexity")
-RAW_METRICS += ("bits_per_byte",)
-SKIP_ARGS = ("method", "target_skip", "pretrained")  # model_args not named in the cell suffix
+# metrics reported on their own scale (prefixes); every other metric is a 0-1 share
+RAW_METRICS = (
+    "rouge",
+    "bleu",
+    "chrf",
+    "ter",
+    "perplexity",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+)
+NAMED_ARGS = ("method", "target_skip", "pretrained")  # model_args not spelled out in a cell name
 
 
 class ResultsError(ValueError):
@@ -81,7 +90,7 @@ def cell_name(model_args: dict[str, Any]) -> str:
     method = model_args.get("method", "ffnskip")
     if method == "dense":
         return "dense"
-    extra = [f"{k}{v}" for k, v in sorted(model_args.items()) if k not in SKIP_ARGS]
+    extra = [f"{k}{v}" for k, v in sorted(model_args.items()) if k not in NAMED_ARGS]
     return "-".join([method, f"{float(model_args.get('target_skip', 0.25)):g}", *extra])
 
 
@@ -99,7 +108,7 @@ def _headline(task: str, results: dict[str, Any]) -> Score | None:
     return None
 
 
-def load_run(path: Path, sweep_defaults: dict[str, Any] | None = None) -> Run:
+def load_run(path: Path) -> Run:
     """Parse one lm-eval results JSON (a sweep cell's or lm-eval's own)."""
     try:
         results = json.loads(path.read_text())

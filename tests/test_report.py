@@ -180,3 +180,23 @@ def test_check_refuses_runs_of_another_limit(sweep_dir, tmp_path, capsys):
     _edit(base, other_limit)
     assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 2
     assert "scored on 3 samples, the baseline on 50" in capsys.readouterr().err
+
+
+def test_plain_lm_eval_output_folders(sweep_dir, tmp_path):
+    """lm_eval --output_path layouts: runs named from their model_args, `--model hf` as dense."""
+    for cell, model, args in (
+        ("ffnskip-0.25", "ffnskip", "pretrained=smollm2-135m,target_skip=0.25,warmup=2"),
+        ("dense", "hf", "pretrained=smollm2-135m"),
+    ):
+        doc = json.loads((sweep_dir / "smollm2-135m" / cell / "results.json").read_text())
+        for key in ("sweep_cell", "agreement"):
+            doc.pop(key, None)
+        doc["config"].update(model=model, model_args=args)
+        folder = tmp_path / "out" / f"run-{model}"
+        folder.mkdir(parents=True)
+        (folder / "results_2026-11-22T10-00-00.json").write_text(json.dumps(doc))
+    runs = load_runs(tmp_path / "out")
+    assert [(r.cell, r.method) for r in runs] == [("dense", "dense"), ("ffnskip-0.25-warmup2", "ffnskip")]
+    rows = build(runs, "out")["rows"]
+    assert rows[1]["skip"] == pytest.approx(8 / 30) and rows[1]["scores"]["freebaseqa"]["delta"] is not None
+    assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "r.html")]) == 0
