@@ -43,7 +43,8 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                 score = run.scores.get(task)
                 base = dense.scores.get(task) if dense else None
                 delta = score.value - base.value if score and base and run is not dense else None
-                cells[task] = {"value": score.value if score else None, "delta": delta}
+                worse = None if delta is None else (delta < 0) == score.higher_is_better and delta != 0
+                cells[task] = {"value": score.value if score else None, "delta": delta, "worse": worse}
             flops = flops_per_token(run)
             rows.append(
                 {
@@ -117,7 +118,10 @@ def pareto(runs: list[Run]) -> list[dict[str, str]]:
             ]
             title = f"{model}: {task} vs decode speed"
             metric = next(r.scores[task].metric for r, _ in measured if task in r.scores)
-            chart = svg.line_chart(title, [*series, ("Pareto front", front)], "decode tokens/s", metric)
+            methods = [label for label, _ in series]
+            chart = svg.line_chart(
+                title, [*series, ("Pareto front", front)], "decode tokens/s", metric, scatter=methods
+            )
             charts.append({"title": title, "svg": chart})
     return charts
 

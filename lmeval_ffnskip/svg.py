@@ -85,9 +85,9 @@ def line_chart(
     x_label: str,
     y_label: str,
     shade: Sequence[tuple[float, float]] = (),
-    points_only: bool = False,
+    scatter: Sequence[str] = (),
 ) -> str:
-    """Lines with markers (``points_only``: markers alone, as for a scatter); ``shade`` greys x-ranges."""
+    """Lines with markers (the series named in ``scatter``: markers alone); ``shade`` greys x-ranges."""
     series = [(label, sorted(pts)) for label, pts in series if pts]
     if not series:
         return ""
@@ -103,7 +103,7 @@ def line_chart(
     for i, (label, pts) in enumerate(series):
         color = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in pts)
-        if not points_only and len(pts) > 1:
+        if label not in scatter and len(pts) > 1:
             body.append(
                 f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2" class="series"/>'
             )

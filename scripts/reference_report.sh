@@ -8,4 +8,5 @@ export FFNSKIP_DATA_DIR="${FFNSKIP_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 python -m lmeval_ffnskip sweep reference --out "$OUT"
 python -m lmeval_ffnskip sweep reference_gemma --out "$OUT"
 python -m lmeval_ffnskip report "$OUT" -o reports/reference.html
-python scripts/screenshot.py reports/reference.html reports/reference.png
+python scripts/screenshot.py reports/reference.html reports/reference.png \
+  'figure:has-text("smollm2-135m: cnn_dailymail_small/agreement")'
