@@ -161,9 +161,10 @@ def calibrate(
     """The profile: per-layer curve, cold regions, threshold and k for ``target``, held-out check.
 
     The pair predicted from dense similarities is then run for real on the calibration prompts;
-    skipping changes later similarities a little, so while the real ratio misses the target by
-    more than ``tolerance``, the next lower threshold's pair is tried (lower thresholds fire
-    earlier and more surely, so the prediction holds better).
+    skipping changes later similarities a little, so while the real ratio misses both the target
+    and the prediction by more than ``tolerance``, the next lower threshold's pair is tried
+    (lower thresholds fire earlier and more surely, so the prediction holds better). Where k's
+    granularity (1 / layers) keeps every pair off the target, the closest one is kept.
     """
     calib, held = wikitext_prompts(tokenizer, settings)
     calib_batch = _batch(tokenizer, calib, model.device)
@@ -186,7 +187,9 @@ def calibrate(
         real = run_ratio(model, calib_batch, SkipPolicy(warmup=0, **args), settings.new_tokens)
         tried.append({"threshold": threshold, "k": k, "predicted": predicted, "real": real})
         progress(f"threshold {threshold:g}, k {k}: predicted {predicted:.1%}, decoded {real:.1%}")
-        if abs(real - target) <= settings.tolerance or threshold <= THRESHOLDS[0]:
+        # done when the target is met, or when the prediction held (the miss is k's granularity)
+        off_target, off_prediction = abs(real - target), abs(real - predicted)
+        if min(off_target, off_prediction) <= settings.tolerance or threshold <= THRESHOLDS[0]:
             break
         below = threshold
     held_ratio = run_ratio(model, _batch(tokenizer, held, model.device), SkipPolicy(warmup=0, **args),
