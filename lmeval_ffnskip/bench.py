@@ -21,7 +21,7 @@ import torch
 import transformers
 from torch import nn
 
-from .engine import attach
+from .engine import attach, generate_fixed
 from .policy import SkipPolicy
 
 PROMPTS = (
@@ -112,7 +112,7 @@ class StepClock:
 def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[float]:
     clock = StepClock(model)
     try:
-        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        generate_fixed(model, batch, new_tokens)
         return clock.intervals()
     finally:
         clock.close()

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from .adapters import ffn_sites
-from .data import locate, split_articles
-from .engine import attach
+from .data import wikitext_articles
+from .engine import generate_fixed, generation_stats
 from .policy import SkipPolicy
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
@@ -46,8 +46,8 @@ class Settings:
 
 def wikitext_prompts(tokenizer: Any, settings: Settings) -> tuple[list[list[int]], list[list[int]]]:
     """Calibration and held-out prompts: the first ``prompt_tokens`` of alternate articles."""
-    pages = split_articles(locate("wikitext2").read_text(encoding="utf-8"))
-    ids = [tokenizer.encode(page)[: settings.prompt_tokens] for page in pages[: 2 * settings.prompts]]
+    pages = wikitext_articles()[: 2 * settings.prompts]
+    ids = [tokenizer.encode(page)[: settings.prompt_tokens] for page in pages]
     return ids[0::2], ids[1::2]
 
 
@@ -57,10 +57,6 @@ def _batch(tokenizer: Any, prompts: list[list[int]], device: torch.device) -> di
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def _generate(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> None:
-    model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
 
 @torch.no_grad()
@@ -92,7 +88,7 @@ def similarities(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: i
     handles = [s.in_norm.register_forward_pre_hook(keep(s.index)) for s in sites]
     handles += [s.mlp.register_forward_hook(measure(s)) for s in sites]
     try:
-        _generate(model, batch, new_tokens)
+        generate_fixed(model, batch, new_tokens)
     finally:
         for handle in handles:
             handle.remove()
@@ -146,9 +142,7 @@ def choose(
 
 def run_ratio(model: nn.Module, batch: dict[str, torch.Tensor], policy: SkipPolicy, new_tokens: int) -> float:
     """The achieved ratio of real ffnskip decoding with ``policy`` on ``batch``."""
-    with torch.no_grad(), attach(model, policy) as engine:
-        _generate(model, batch, new_tokens)
-    return engine.stats.summary()["skip_ratio_eligible"] or 0.0
+    return generation_stats(model, batch, policy, new_tokens)["skip_ratio_eligible"] or 0.0
 
 
 def calibrate(
@@ -192,8 +186,8 @@ def calibrate(
         if min(off_target, off_prediction) <= settings.tolerance or threshold <= THRESHOLDS[0]:
             break
         below = threshold
-    held_ratio = run_ratio(model, _batch(tokenizer, held, model.device), SkipPolicy(warmup=0, **args),
-                           settings.new_tokens)  # fmt: skip
+    held_batch = _batch(tokenizer, held, model.device)
+    held_ratio = run_ratio(model, held_batch, SkipPolicy(warmup=0, **args), settings.new_tokens)
     return {
         "format": PROFILE_FORMAT,
         "model": getattr(model.config, "_name_or_path", ""),

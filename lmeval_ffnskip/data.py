@@ -247,3 +247,8 @@ def split_articles(text: str) -> list[str]:
             pages.append([])
         pages[-1].append(line)
     return ["\n".join(lines).strip("\n") + "\n" for lines in pages if any(s.strip() for s in lines)]
+
+
+def wikitext_articles() -> list[str]:
+    """The 62 WikiText-2 test articles (raw text, split at the top-level headings)."""
+    return split_articles(locate("wikitext2").read_text(encoding="utf-8"))

@@ -191,6 +191,22 @@ def _cosine(gram: list[list[float]]) -> float:
     return (hh + hb) / norms if norms > 0 else 0.0
 
 
+def generate_fixed(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
+    """Greedy ``generate`` of exactly ``new_tokens`` tokens per row (EOS suppressed), as every
+    measurement here decodes."""
+    with torch.no_grad():
+        return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+
+def generation_stats(
+    model: nn.Module, batch: dict[str, torch.Tensor], policy: SkipPolicy, new_tokens: int
+) -> dict[str, object]:
+    """``SkipStats.summary()`` of one ``generate_fixed`` run with ``policy`` attached."""
+    with attach(model, policy) as engine:
+        generate_fixed(model, batch, new_tokens)
+    return engine.stats.summary()
+
+
 @contextmanager
 def attach(model: nn.Module, policy: SkipPolicy, record: bool = False) -> Iterator[SkipEngine]:
     """Skip FFNs in ``model`` inside the block; yields the engine (``.stats``, ``.history``)."""

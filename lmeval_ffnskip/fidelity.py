@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import attach
+from .engine import attach, generate_fixed
 from .policy import SkipPolicy
 
 
@@ -66,24 +66,18 @@ def measure(
     return rows
 
 
-@torch.no_grad()
 def continuations(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """The dense model's greedy continuations (EOS suppressed), prompt included: [batch, prompt + new]."""
-    return model.generate(
-        prompts,
-        attention_mask=torch.ones_like(prompts),
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
+    """The dense model's greedy continuations (EOS suppressed), prompt first: [batch, prompt + new]."""
+    return generate_fixed(
+        model, {"input_ids": prompts, "attention_mask": torch.ones_like(prompts)}, new_tokens
     )
 
 
 def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tensor:
     """The first ``length`` tokens of the first ``count`` WikiText-2 test articles that long."""
-    from .data import locate, split_articles
+    from .data import wikitext_articles
 
-    pages = split_articles(locate("wikitext2").read_text(encoding="utf-8"))
-    ids = [tokenizer.encode(page) for page in pages]
+    ids = [tokenizer.encode(page) for page in wikitext_articles()]
     rows = [seq[:length] for seq in ids if len(seq) >= length][:count]
     if len(rows) < count:
         raise ValueError(f"only {len(rows)} WikiText-2 articles have {length} tokens; lower --length")

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from .adapters import ffn_sites
-from .engine import attach
+from .engine import generation_stats
 from .policy import SkipPolicy
 
 CONVENTION = (
@@ -121,12 +121,9 @@ def analytic_decode_flops(config: Any, context: int) -> int:
     return total + d * config.vocab_size
 
 
-@torch.no_grad()
 def skip_frequency(model: nn.Module, batch: dict, policy: SkipPolicy, new_tokens: int) -> list[float]:
     """Per layer, the share of eligible tokens whose FFN ``policy`` skipped in a greedy generation."""
-    with attach(model, policy) as engine:
-        model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    frequency = engine.stats.summary()["layer_skip_frequency"]
+    frequency = generation_stats(model, batch, policy, new_tokens)["layer_skip_frequency"]
     if frequency is None:
         raise ValueError(f"no token was eligible in {new_tokens} new tokens with warmup={policy.warmup}")
     return frequency

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from .adapters import ffn_sites
 from .checkpoints import DEFAULT_MODEL, resolve
 from .conversation import converse, is_conversation
 from .engine import SkipEngine
@@ -78,7 +79,7 @@ class FFNSkipLM(HFLM):
         fixed = {"target_skip"} if profile == "auto" else set()
         if clash := sorted(set(given) & set(PROFILE_KEYS) - fixed):
             raise ValueError(f"profile={profile} sets {', '.join(PROFILE_KEYS)}; drop {', '.join(clash)}")
-        n_layers = len(SkipEngine(self.model, self.policy).sites)
+        n_layers = len(ffn_sites(self.model)[1])
         path = (
             cached_profile(self.model, self.tokenizer, self.policy.target_skip)
             if profile == "auto"

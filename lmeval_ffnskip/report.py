@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import svg
-from .results import Run, bench_row, extra, finite, flops_per_token
+from .results import Run, bench_row, finite, flops_per_token
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
@@ -67,7 +67,7 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _hardware(run: Run) -> str:
-    env = (extra(run, "bench") or {}).get("environment")
+    env = run.extras.get("bench", {}).get("environment")
     if not env:
         return run.device or "?"
     return f"{env['device']} ({env['threads']} threads)"
@@ -136,7 +136,7 @@ def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Per model: the calibration similarity curve and each method's per-layer skip frequency."""
     charts = []
     for model, group in _by_model(runs).items():
-        calibration = extra(group[0], "calibrate")
+        calibration = group[0].extras.get("calibrate")
         if calibration:
             layers = calibration["layers"]
             shade = _cold(calibration["cold"], len(layers))
@@ -161,13 +161,11 @@ def flops_tables(runs: list[Run]) -> list[dict[str, Any]]:
     """Per model: flops.json's split (Table 4) with the saving per token, and a stacked-bar chart."""
     out = []
     for model, group in _by_model(runs).items():
-        flops = extra(group[0], "flops")
+        flops = group[0].extras.get("flops")
         if not flops:
             continue
-        rows = flops["rows"]
-        dense = next(r for r in rows if r["config"] == "dense")["total"]
-        for r in rows:
-            r["saving"] = 1 - r["total"] / dense
+        dense = next(r for r in flops["rows"] if r["config"] == "dense")["total"]
+        rows = [{**r, "saving": 1 - r["total"] / dense} for r in flops["rows"]]
         parts = [(p, [r[p] / 1e6 for r in rows]) for p in ("attention", "ffn", "lm_head", "other")]
         title = f"{model}: decode FLOPs per token by part (context {rows[0]['context']})"
         chart = svg.bar_chart(title, [r["config"] for r in rows], parts, "MFLOPs (MACs)")

@@ -28,6 +28,7 @@ RAW_METRICS = (
     "bits_per_byte",
 )
 NAMED_ARGS = ("method", "target_skip", "pretrained")  # model_args not spelled out in a cell name
+EXTRAS = ("flops", "bench", "calibrate")  # per-model measurement files beside the cell folders
 
 
 class ResultsError(ValueError):
@@ -65,6 +66,7 @@ class Run:
     device: str | None
     dtype: str | None
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # EXTRAS found beside the cell folder
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -108,15 +110,20 @@ def _headline(task: str, results: dict[str, Any]) -> Score | None:
     return None
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ResultsError(f"{path}: not readable as JSON ({err})") from err
+
+
 def load_run(path: Path) -> Run:
     """Parse one lm-eval results JSON (a sweep cell's or lm-eval's own)."""
+    results = _read_json(path)
     try:
-        results = json.loads(path.read_text())
         config = results["config"]
         raw_args = config["model_args"]
         task_results = results["results"]
-    except (OSError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: not readable as JSON ({err})") from err
     except (KeyError, TypeError) as err:
         raise ResultsError(f"{path}: not an lm-eval results file (no {err})") from err
     if isinstance(raw_args, str):  # lm-eval keeps the CLI string when given one
@@ -175,31 +182,26 @@ def results_files(root: Path) -> list[Path]:
 
 
 def load_runs(root: Path) -> list[Run]:
-    """All runs under ``root``; of several files for the same (model, cell), the newest name wins."""
+    """All runs under ``root``, with the measurement files beside their folders (read once per
+    folder); of several files for the same (model, cell), the newest name wins."""
     runs: dict[tuple[str, str], Run] = {}
+    extras: dict[Path, dict[str, Any]] = {}
     for path in results_files(root):
         run = load_run(path)
+        folder = run.folder.parent
+        if folder not in extras:
+            found = [(name, folder / f"{name}.json") for name in EXTRAS]
+            extras[folder] = {name: _read_json(p) for name, p in found if p.exists()}
+        run.extras = extras[folder]
         runs[(run.model, run.cell)] = run
     return sorted(
         runs.values(), key=lambda r: (r.model, r.method != "dense", r.method, r.target or 0, r.cell)
     )
 
 
-def extra(run_or_root: Run | Path, name: str) -> dict[str, Any] | None:
-    """A per-model measurement file (``flops``, ``bench``, ``calibrate``) beside a run's folder."""
-    folder = run_or_root.folder.parent if isinstance(run_or_root, Run) else run_or_root
-    path = folder / f"{name}.json"
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ResultsError(f"{path}: not readable as JSON ({err})") from err
-
-
 def bench_row(run: Run) -> dict[str, Any] | None:
     """The decode-speed row of ``bench.json`` measured for this run's configuration (batch 1 first)."""
-    bench = extra(run, "bench")
+    bench = run.extras.get("bench")
     if not bench:
         return None
     name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
@@ -209,7 +211,7 @@ def bench_row(run: Run) -> dict[str, Any] | None:
 
 def flops_per_token(run: Run) -> float | None:
     """Per-token decode FLOPs of this run's own skip pattern, from ``flops.json``'s dense split."""
-    flops = extra(run, "flops")
+    flops = run.extras.get("flops")
     if not flops:
         return None
     dense = next(r for r in flops["rows"] if r["config"] == "dense")

@@ -7,13 +7,12 @@ from typing import Any
 import datasets
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer
 
-from lmeval_ffnskip.data import locate, split_articles
+from lmeval_ffnskip.data import split_articles, wikitext_articles
 
 __all__ = ["load", "process_results", "split_articles", "wikitext_detokenizer"]
 
 
 def load(**kwargs: Any) -> datasets.DatasetDict:
     """The 62 test articles as ``{"page": text}`` rows."""
-    text = locate("wikitext2").read_text(encoding="utf-8")
-    pages = split_articles(text)
+    pages = wikitext_articles()
     return datasets.DatasetDict({"test": datasets.Dataset.from_list([{"page": p} for p in pages])})
