@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -63,3 +64,28 @@ def smollm2() -> tuple[torch.nn.Module, object]:
     path = resolve("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(path)
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tok
+
+
+SWEEP = """
+tasks: [freebaseqa]
+methods: [ffnskip, static]
+targets: [0.25]
+model_args: {warmup: 2}
+limit: 3
+batch_size: 3
+flops: {context: 32, targets: [0.25], new_tokens: 4}
+bench: {batch_sizes: [1], new_tokens: 4, reps: 1, targets: [0.25], methods: [ffnskip, static]}
+"""
+
+
+@pytest.fixture(scope="session")
+def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished real sweep (read-only for tests): dense, ffnskip-0.25 and static-0.25 on
+    SmolLM2, FreebaseQA limit 3, with FLOPs and a (timing-noise sized) bench."""
+    from lmeval_ffnskip.cli import main
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "sweep.yaml").write_text(SWEEP)
+    os.environ.setdefault("FFNSKIP_DATA_DIR", DATA_DIR)
+    assert main(["sweep", str(root / "sweep.yaml"), "--out", str(root / "out")]) == 0
+    return root / "out"
