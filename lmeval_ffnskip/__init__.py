@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-METHODS: tuple[str, ...] = ("ffnskip", "dense", "random", "static")
+METHODS: tuple[str, ...] = ("ffnskip", "spread", "dense", "random", "static")
 
 _LAZY = {
     "SkipPolicy": "policy",

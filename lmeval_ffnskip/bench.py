@@ -45,9 +45,13 @@ class Config:
 
 
 def default_configs(
-    targets: tuple[float, ...], threshold: float = 0.9, methods: tuple[str, ...] = ("ffnskip",)
+    targets: tuple[float, ...],
+    threshold: float = 0.9,
+    methods: tuple[str, ...] = ("ffnskip",),
+    calibration: tuple[tuple[float, float], ...] | None = None,
 ) -> list[Config]:
-    """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per target."""
+    """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per
+    target (``calibration``: the per-layer levels ``spread`` needs)."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
@@ -57,7 +61,16 @@ def default_configs(
         Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
     ]
     configs += [
-        Config(f"{m}-{t:g}", SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold))
+        Config(
+            f"{m}-{t:g}",
+            SkipPolicy(
+                method=m,
+                target_skip=t,
+                warmup=0,
+                threshold=threshold,
+                calibration=calibration if m == "spread" else None,
+            ),
+        )
         for m in methods
         for t in targets
     ]

@@ -231,17 +231,47 @@ def read_profile(path: Path, n_layers: int) -> dict[str, Any]:
     return profile
 
 
-def cached_profile(model: nn.Module, tokenizer: Any, target: float, settings: Settings = Settings()) -> Path:
-    """The profile of ``model`` for ``target``, calibrated on first use and cached per model."""
+def _cache_path(model: nn.Module, kind: str, key: list[Any]) -> Path:
+    """Where a per-model calibration result is cached (keyed by model name, kind and ``key``)."""
     from .checkpoints import cache_root
 
     name = str(getattr(model.config, "_name_or_path", "")) or type(model).__name__
-    key = hashlib.sha256(json.dumps([name, target, asdict(settings)]).encode()).hexdigest()[:16]
-    path = cache_root() / "profiles" / f"{Path(name).name}-{target:g}-{key}.json"
+    digest = hashlib.sha256(json.dumps([name, kind, *key]).encode()).hexdigest()[:16]
+    return cache_root() / "profiles" / f"{Path(name).name}-{kind}-{digest}.json"
+
+
+def _cached(path: Path, compute: Callable[[], Any]) -> Any:
+    """``compute()``'s JSON, read from ``path`` or computed once and written whole."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        profile = calibrate(model, tokenizer, target, settings)
         tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(profile, indent=2))
+        tmp.write_text(json.dumps(compute(), indent=2))
         tmp.replace(path)
+    return json.loads(path.read_text())
+
+
+def cached_profile(model: nn.Module, tokenizer: Any, target: float, settings: Settings = Settings()) -> Path:
+    """The profile of ``model`` for ``target``, calibrated on first use and cached per model."""
+    path = _cache_path(model, f"{target:g}", [target, asdict(settings)])
+    _cached(path, lambda: calibrate(model, tokenizer, target, settings))
     return path
+
+
+def layer_calibration(profile: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+    """Per-layer (mean, std) of the similarity in a profile (what ``method=spread`` needs)."""
+    return tuple((layer["mean"], layer["std"]) for layer in profile["layers"])
+
+
+def cached_layer_calibration(
+    model: nn.Module, tokenizer: Any, settings: Settings = Settings()
+) -> tuple[tuple[float, float], ...]:
+    """Per-layer (mean, std) of the dense similarity on the calibration prompts, cached per model
+    (the curve alone: no threshold search)."""
+
+    def measure() -> dict[str, Any]:
+        batch = _batch(tokenizer, wikitext_prompts(tokenizer, settings)[0], model.device)
+        cos = similarities(model, batch, settings.new_tokens)
+        stats = zip(cos.mean(0).tolist(), cos.std(0).tolist(), strict=True)
+        return {"layers": [{"mean": m, "std": s} for m, s in stats]}
+
+    return layer_calibration(_cached(_cache_path(model, "layers", [asdict(settings)]), measure))

@@ -49,7 +49,13 @@ def bench_main(argv: list[str]) -> int:
         AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     )
     targets = tuple(float(t) for t in args.targets.split(","))
-    configs = default_configs(targets, args.threshold, tuple(args.methods.split(",")))
+    methods = tuple(args.methods.split(","))
+    calibration = None
+    if "spread" in methods:
+        from .calibrate import cached_layer_calibration
+
+        calibration = cached_layer_calibration(model, tokenizer)
+    configs = default_configs(targets, args.threshold, methods, calibration)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = [
         row
@@ -197,10 +203,18 @@ def flops_main(argv: list[str]) -> int:
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     dense = decode_flops(model, args.context)
     analytic = analytic_decode_flops(model.config, args.context)
-    batch = prompt_batch(AutoTokenizer.from_pretrained(path), 1, model.device)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    batch = prompt_batch(tokenizer, 1, model.device)
     for method in args.methods.split(","):
+        calibration = None
+        if method == "spread":
+            from .calibrate import cached_layer_calibration
+
+            calibration = cached_layer_calibration(model, tokenizer)
         for target in (float(t) for t in args.targets.split(",") if t):
-            policy = SkipPolicy(method=method, target_skip=target, threshold=args.threshold, warmup=0)
+            policy = SkipPolicy(
+                method=method, target_skip=target, threshold=args.threshold, warmup=0, calibration=calibration
+            )
             patterns[f"{method}-{target:g}"] = skip_frequency(model, batch, policy, args.new_tokens)
     rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
         {"config": name, "skip": sum(f) / len(f), **dense.skipping(f).as_dict()}
@@ -290,6 +304,8 @@ def fidelity_main(argv: list[str]) -> int:
     parser.add_argument("--methods", default="ffnskip,static,random")
     parser.add_argument("--targets", default="0.1,0.25,0.4")
     parser.add_argument("--threshold", type=float, default=0.9, help="ffnskip threshold (default 0.9)")
+    parser.add_argument("--cold-start", type=int, help="cold layers at the start, every method")
+    parser.add_argument("--cold-end", type=int, help="cold layers at the end, every method")
     parser.add_argument("--source", choices=("wikitext", "continuations"), default="wikitext")
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--length", type=int, default=256, help="tokens per sequence")
@@ -314,11 +330,19 @@ def fidelity_main(argv: list[str]) -> int:
         else:
             prompts = wikitext_sequences(tokenizer, args.sequences, args.warmup)
             sequences = continuations(model, prompts, args.length - args.warmup)
+        methods = args.methods.split(",")
+        common = {"threshold": args.threshold, "cold_start": args.cold_start, "cold_end": args.cold_end}
+        if "spread" in methods:
+            from .calibrate import cached_layer_calibration
+
+            common["calibration"] = cached_layer_calibration(model, tokenizer)
         policies = {
-            f"{m}-{float(t):g}": SkipPolicy(method=m, target_skip=float(t), threshold=args.threshold)
-            for m in args.methods.split(",")
+            f"{m}-{float(t):g}": SkipPolicy(method=m, target_skip=float(t), **common)
+            for m in methods
             for t in args.targets.split(",")
         }
+        for policy in policies.values():
+            policy.layout(model.config.num_hidden_layers)  # a bad combination fails here, not mid-run
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip fidelity: {err}", file=sys.stderr)
         return 2

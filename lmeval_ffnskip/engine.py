@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNSite, ffn_sites
-from .policy import RANDOM_METHODS, RandomDraws, SkipPolicy, TokenRule
+from .policy import RANDOM_METHODS, RandomDraws, SkipPolicy, SpreadRule, TokenRule, token_rule
 from .stats import SkipStats
 
 
@@ -41,7 +41,7 @@ class SkipEngine:
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
-        self._rule: TokenRule | None = None
+        self._rule: TokenRule | SpreadRule | None = None
         self._shape: tuple[int, int] = (0, 0)
         self._prompt_len: torch.Tensor | None = None
         self._h: torch.Tensor | None = None
@@ -102,8 +102,9 @@ class SkipEngine:
         self.stats.tokens += int(real.sum())
         # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
         positions = pos.clamp(min=0).reshape(-1)
-        active = bool(eligible.any())
-        self._rule = TokenRule(self.policy, self.layout, eligible, positions, self._draws) if active else None
+        self._rule = None
+        if eligible.any():
+            self._rule = token_rule(self.policy, self.layout, eligible, positions, self._draws)
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
         rule, self._rule, self._h = self._rule, None, None
@@ -137,6 +138,7 @@ class SkipEngine:
         if self._pending is not None:
             self._resolve(rule)
         layer, n = site.index, rule.n
+        rule.enter(layer)
         n_skip = rule.skip_count[layer]
         if n_skip == 0:
             y = forward(x)
@@ -151,7 +153,7 @@ class SkipEngine:
             self._measure(site, rule, y)
         return y
 
-    def _measure(self, site: FFNSite, rule: TokenRule, y: torch.Tensor) -> None:
+    def _measure(self, site: FFNSite, rule: TokenRule | SpreadRule, y: torch.Tensor) -> None:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger.
 
         Two device ops (stack, bmm) and one small copy; the cosine and the threshold are
@@ -172,7 +174,7 @@ class SkipEngine:
             event.record()
         self._pending = (site.index, rows, gram, event)  # measured() replaces, never mutates, checking
 
-    def _resolve(self, rule: TokenRule) -> None:
+    def _resolve(self, rule: TokenRule | SpreadRule) -> None:
         """Apply the queued trigger decisions (the one host sync of a check)."""
         if self._pending is None:
             return

@@ -19,7 +19,8 @@ from .stats import SkipStats
 
 log = logging.getLogger(__name__)
 
-POLICY_ARGS = tuple(f.name for f in dataclasses.fields(SkipPolicy))
+# model_args of the policy (``calibration`` comes from a profile, not from the command line)
+POLICY_ARGS = tuple(f.name for f in dataclasses.fields(SkipPolicy) if f.name != "calibration")
 # from_pretrained keywords that HFLM forwards through **kwargs
 HF_LOAD_ARGS = (
     "attn_implementation",
@@ -45,7 +46,8 @@ class FFNSkipLM(HFLM):
 
     model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
     warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed), and ``profile``
-    (a file from ``ffnskip calibrate``, or ``auto``: calibrate for target_skip once, cached).
+    (a file from ``ffnskip calibrate``, or ``auto``: calibrate once, cached). ``method=spread``
+    takes its per-layer levels from the profile, or from a cached calibration when none is given.
     ``pretrained`` defaults to the embedded ``smollm2-135m``; ``gemma3-270m`` is the other alias.
     """
 
@@ -65,19 +67,25 @@ class FFNSkipLM(HFLM):
         self.profile: str | None = None
         if profile is not None and str(profile).lower() != "none":
             self._apply_profile(str(profile), given)
+        elif self.policy.method == "spread":
+            from .calibrate import cached_layer_calibration
+
+            calibration = cached_layer_calibration(self.model, self.tokenizer)
+            self.policy = dataclasses.replace(self.policy, calibration=calibration)
         self.engine = SkipEngine(self.model, self.policy)
         self.engine.install()
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
 
     def _apply_profile(self, profile: str, given: dict[str, Any]) -> None:
-        """Take threshold, cold layers and k from a calibration profile (``auto``: calibrate once
-        for ``target_skip`` and cache it per model)."""
-        from .calibrate import PROFILE_KEYS, cached_profile, read_profile
+        """ffnskip: take threshold, cold layers and k from a calibration profile (``auto``:
+        calibrate once for ``target_skip``, cached per model). spread: its per-layer levels."""
+        from .calibrate import PROFILE_KEYS, cached_profile, layer_calibration, read_profile
 
-        if self.policy.method != "ffnskip":
-            raise ValueError(f"profile= sets ffnskip's threshold and k; method={self.policy.method} has none")
+        method = self.policy.method
+        if method not in ("ffnskip", "spread"):
+            raise ValueError(f"profile= calibrates ffnskip and spread; method={method} uses none")
         fixed = {"target_skip"} if profile == "auto" else set()
-        if clash := sorted(set(given) & set(PROFILE_KEYS) - fixed):
+        if method == "ffnskip" and (clash := sorted(set(given) & set(PROFILE_KEYS) - fixed)):
             raise ValueError(f"profile={profile} sets {', '.join(PROFILE_KEYS)}; drop {', '.join(clash)}")
         n_layers = len(ffn_sites(self.model)[1])
         path = (
@@ -85,8 +93,11 @@ class FFNSkipLM(HFLM):
             if profile == "auto"
             else profile
         )
-        settings = read_profile(path, n_layers)["policy"]
-        self.policy = dataclasses.replace(self.policy, **{k: settings[k] for k in PROFILE_KEYS})
+        doc = read_profile(path, n_layers)
+        if method == "spread":
+            self.policy = dataclasses.replace(self.policy, calibration=layer_calibration(doc))
+        else:
+            self.policy = dataclasses.replace(self.policy, **{k: doc["policy"][k] for k in PROFILE_KEYS})
         self.profile = str(path)
 
     def _gather_stats(self, kind: str, n_requests: int) -> None:

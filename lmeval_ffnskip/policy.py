@@ -14,6 +14,14 @@ A *token* is one position processed by the model. Per token:
      cosine similarity of the residual stream before and after it, cos(h, h + FFN(h)), is
      measured; once it reaches ``threshold`` the FFNs of the next k non-cold layers are
      skipped, which spends the token's budget.
+   - ``spread`` (ours; the paper's rule made to work on small models, see README): the
+     non-cold layers are cut into k contiguous groups and the token skips one FFN per group,
+     so skips are spread over the depth rather than packed after one trigger. Inside a group
+     the skip goes to the FFN right after one whose similarity reached that layer's own
+     calibrated level (mean + ``SPREAD_Z`` std over calibration text: thresholds relative to
+     each layer's distribution, not one global value), else to the group's last FFN. Layers
+     whose calibrated mean lies far below the typical layer's ("hot", like the cold ends)
+     always run. Needs ``calibration`` (per-layer mean and std, from ``ffnskip calibrate``).
    - ``random`` (the paper's Baseline 1): k FFNs skipped at random among all layers.
    - ``static`` (the paper's Baseline 2): k FFNs skipped at random among the non-cold layers.
    - ``dense``: nothing is skipped.
@@ -25,6 +33,7 @@ A *token* is one position processed by the model. Per token:
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +41,14 @@ import torch
 from . import METHODS
 
 RANDOM_METHODS = ("random", "static")
+SPREAD_Z = -0.5  # spread: a layer's similarity is high from its calibrated mean + SPREAD_Z std
+
+
+def hot_layers(mean: list[float], std: list[float]) -> list[int]:
+    """Layers whose mean similarity lies more than two typical spreads below the typical
+    layer's (medians over layers): their FFN changes the residual most."""
+    level = statistics.median(mean) - 2 * statistics.median(std)
+    return [i for i, m in enumerate(mean) if m < level]
 
 
 def default_cold(n_layers: int) -> int:
@@ -52,6 +69,8 @@ class SkipPolicy:
     refresh_every: int = 0
     skip_prompt: bool = False
     seed: int = 1234
+    # spread: per-layer (mean, std) of cos(h, h + FFN) on calibration text; set from a profile
+    calibration: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -103,14 +122,23 @@ class SkipPolicy:
             )
         k = round(self.target_skip * n_layers) if self.method != "dense" else 0
         n_mid = n_layers - cold_start - cold_end
-        limit = {"ffnskip": n_mid - 1, "static": n_mid, "random": n_layers, "dense": 0}[self.method]
-        if k > max(limit, 0):
+        hot: tuple[int, ...] = ()
+        if self.method == "spread":
+            if self.calibration is None or len(self.calibration) != n_layers:
+                raise ValueError(
+                    "method=spread needs the per-layer similarity of a calibration of this model: "
+                    "pass profile=auto (calibrate once, cached) or profile=PATH (ffnskip calibrate)"
+                )
+            mean, std = zip(*self.calibration, strict=True)
+            hot = tuple(i for i in hot_layers(list(mean), list(std)) if cold_start <= i < n_layers - cold_end)
+        limit = {"ffnskip": n_mid - 1, "spread": n_mid - len(hot), "static": n_mid, "random": n_layers}
+        if k > max(limit.get(self.method, 0), 0):
             raise ValueError(
                 f"target_skip={self.target_skip} asks for {k} of {n_layers} FFNs per token, but "
-                f"method={self.method} can skip at most {max(limit, 0)} with cold_start={cold_start}, "
-                f"cold_end={cold_end}; lower target_skip or the cold layers"
+                f"method={self.method} can skip at most {max(limit[self.method], 0)} with "
+                f"cold_start={cold_start}, cold_end={cold_end}; lower target_skip or the cold layers"
             )
-        return LayerLayout(n_layers, cold_start, cold_end, k, self.method)
+        return LayerLayout(n_layers, cold_start, cold_end, k, self.method, hot)
 
     def eligible(self, since: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Tokens the rule applies to. ``since``: steps from where warm-up counting starts."""
@@ -147,6 +175,7 @@ class LayerLayout:
     cold_end: int
     k: int
     method: str = "ffnskip"
+    hot: tuple[int, ...] = ()  # spread: non-cold layers that always run
 
     @property
     def mid(self) -> range:
@@ -155,8 +184,12 @@ class LayerLayout:
 
     @property
     def checked(self) -> range:
-        """Layers whose similarity ``ffnskip`` measures (all non-cold ones but the last)."""
-        return range(self.mid.start, self.mid.stop - 1) if self.method == "ffnskip" else range(0)
+        """Layers whose similarity the method measures: for ``ffnskip`` all non-cold ones but the
+        last; for ``spread`` also the layer before them (it can pick the first non-cold FFN)."""
+        mid = self.mid
+        if self.method == "spread" and self.k:
+            return range(max(mid.start - 1, 0), mid.stop - 1)
+        return range(mid.start, mid.stop - 1) if self.method == "ffnskip" else range(0)
 
     @property
     def skippable(self) -> range:
@@ -164,9 +197,16 @@ class LayerLayout:
         mid = self.mid
         return {
             "ffnskip": range(mid.start + 1, mid.stop),
+            "spread": mid,
             "static": mid,
             "random": range(self.n_layers),
         }.get(self.method, range(0))
+
+    def groups(self) -> list[list[int]]:
+        """``spread``: the non-cold, non-hot layers cut into k contiguous groups of near-equal size."""
+        layers = [i for i in self.mid if i not in self.hot]
+        n, k = len(layers), self.k
+        return [layers[(g * n) // k : ((g + 1) * n) // k] for g in range(k)]
 
 
 class TokenRule:
@@ -198,6 +238,9 @@ class TokenRule:
         self.skip_count = self.skip.sum(0).tolist()
         self._checked = layout.checked
 
+    def enter(self, layer: int) -> None:
+        """Called before ``layer``'s FFN; ffnskip's decisions are all made in ``measured``."""
+
     def checks_at(self, layer: int) -> bool:
         """Whether similarity is measured at ``layer`` (for the rows in ``self.checking``)."""
         return bool(self.checking) and layer in self._checked
@@ -217,6 +260,77 @@ class TokenRule:
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
         return self._never + len(self.checking)
+
+
+class SpreadRule:
+    """``spread``'s decisions for the N tokens of one forward pass, made layer by layer.
+
+    Same interface as ``TokenRule``. Per group of layers an eligible row is *armed* until it
+    skips; at a layer of the group it skips when the previous layer's similarity reached that
+    layer's calibrated level (``measured``), or when the layer is the group's last.
+    """
+
+    def __init__(self, policy: SkipPolicy, layout: LayerLayout, eligible: torch.Tensor) -> None:
+        assert policy.calibration is not None  # checked by SkipPolicy.layout
+        self.n = eligible.numel()
+        self.rows: list[int] = eligible.nonzero().squeeze(1).tolist() if layout.k else []
+        self.n_eligible = int(eligible.sum())
+        self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
+        self.skip_count = [0] * layout.n_layers
+        self.level = [mean + SPREAD_Z * std for mean, std in policy.calibration]
+        self.group = {layer: group for group in layout.groups() for layer in group}
+        self.checking: list[int] = []
+        self._current: list[int] | None = None  # the group of the last grouped layer entered
+        self._armed: set[int] = set()
+        self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
+        self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
+
+    def enter(self, layer: int) -> None:
+        """Skip ``layer`` for the armed rows it falls to; choose the rows to measure after it."""
+        group, skipping = self.group.get(layer), []
+        if group is not None:
+            if layer == group[0]:
+                self._armed = set(self.rows)
+            self._current = group
+            forced = layer == group[-1]
+            skipping = [r for r in self.rows if r in self._armed and (forced or r in self._high)]
+            self._fired.update(r for r in skipping if r in self._high)
+            self._armed.difference_update(skipping)
+            self.skip[skipping, layer] = True
+            self.skip_count[layer] += len(skipping)
+        self._high = set()
+        after = self.group.get(layer + 1)
+        if after is None or layer + 1 == after[-1]:  # nothing to choose at the next layer
+            self.checking = []
+        else:
+            open_rows = self._armed if after is self._current else set(self.rows)
+            done = set(skipping)
+            self.checking = [r for r in self.rows if r in open_rows and r not in done]
+
+    def checks_at(self, layer: int) -> bool:
+        return bool(self.checking)
+
+    def measured(self, layer: int, rows: list[int], cosines: list[float]) -> None:
+        """cos(h, h + FFN) of ``rows`` at ``layer``: those at or above its level may skip next."""
+        level = self.level[layer]
+        self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
+
+    def never_fired(self) -> int:
+        """Eligible tokens all of whose skips fell to a group's last layer."""
+        return len(self.rows) - len(self._fired)
+
+
+def token_rule(
+    policy: SkipPolicy,
+    layout: LayerLayout,
+    eligible: torch.Tensor,
+    positions: torch.Tensor,
+    draws: RandomDraws | None,
+) -> TokenRule | SpreadRule:
+    """The per-pass decision maker for ``policy``'s method."""
+    if policy.method == "spread":
+        return SpreadRule(policy, layout, eligible)
+    return TokenRule(policy, layout, eligible, positions, draws)
 
 
 class RandomDraws:

@@ -3,7 +3,7 @@
 Layout: ``OUT/<model>/<cell>/results.json`` (lm-eval's results format, ``config["ffnskip"]``
 holding the policy and stats, plus ``agreement`` with the model's dense cell) and
 ``samples_<task>_sweep.jsonl`` beside it; ``OUT/<model>/flops.json`` / ``bench.json`` /
-``calibrate.json`` when asked.
+``calibrate.json`` / ``fidelity.json`` when asked.
 A cell is written to a ``.partial`` folder and renamed when complete, so an interrupted sweep
 loses nothing finished and a rerun computes only the missing cells.
 """
@@ -42,6 +42,7 @@ class SweepConfig:
     flops: dict[str, Any] | None = None  # {"context": 512}
     bench: dict[str, Any] | None = None  # {"batch_sizes": [1], "new_tokens": 64, "reps": 3}
     calibrate: dict[str, Any] | None = None  # {"target": 0.25}: the similarity curve per model
+    fidelity: dict[str, Any] | None = None  # `ffnskip fidelity` options: teacher-forced agreement
 
     @classmethod
     def load(cls, path: Path) -> SweepConfig:
@@ -217,13 +218,14 @@ def summary_row(model: str, cell: Cell, results: dict[str, Any]) -> dict[str, An
 
 
 def _extras(cfg: SweepConfig, model: str, root: Path) -> None:
-    """FLOPs, decode speed and calibration per model, once (skipped when their JSON is already there)."""
+    """FLOPs, decode speed, calibration and fidelity per model, once (skipped when their JSON exists)."""
     from .cli import main
 
     for name, options, fixed in (
         ("flops", cfg.flops, []),
         ("bench", cfg.bench, ["--device", cfg.device]),
         ("calibrate", cfg.calibrate, ["--device", cfg.device]),
+        ("fidelity", cfg.fidelity, []),
     ):
         target = root / f"{name}.json"
         if options is None or target.exists():

@@ -53,7 +53,8 @@ def test_similarities_predict_the_engines_first_decisions():
     assert 0 < expected.sum() < 4 * 3
 
 
-def test_calibration_meets_the_target_on_held_out_prompts(smollm2, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_calibration_meets_the_target_on_held_out_prompts(smollm2, monkeypatch):
     monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
     model, tok = smollm2
     profile = cal.calibrate(model, tok, 0.25, SMALL)
@@ -62,7 +63,14 @@ def test_calibration_meets_the_target_on_held_out_prompts(smollm2, tmp_path, mon
     assert len(profile["layers"]) == 30 and profile["layers"][0]["mean"] < profile["layers"][15]["mean"]
     assert profile["policy"]["target_skip"] == profile["k"] / 30
 
-    # a profile drives --model ffnskip; it clashes with explicit settings; others are refused
+
+def test_profiles_drive_the_model_and_are_cached(smollm2, tmp_path, monkeypatch):
+    """A (quick, coarse) real profile drives --model ffnskip; it clashes with explicit settings;
+    profiles of another depth or corrupt ones are refused; profile=auto calibrates once."""
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    model, tok = smollm2
+    profile = cal.calibrate(model, tok, 0.25, cal.Settings(prompts=2, prompt_tokens=16, new_tokens=8))
+    assert profile["format"] == cal.PROFILE_FORMAT and profile["policy"]["target_skip"] == profile["k"] / 30
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(profile))
     lm = FFNSkipLM(profile=str(path), warmup=2, batch_size=1, device="cpu")
@@ -70,6 +78,15 @@ def test_calibration_meets_the_target_on_held_out_prompts(smollm2, tmp_path, mon
     assert lm.get_model_info()["ffnskip"]["profile"] == str(path)
     with pytest.raises(ValueError, match="drop threshold"):
         FFNSkipLM(profile=str(path), threshold=0.9, device="cpu")
+    # spread takes the per-layer levels from a profile, else from a cached calibration
+    spread = FFNSkipLM(profile=str(path), method="spread", cold_start=2, cold_end=2, device="cpu")
+    assert spread.policy.calibration == cal.layer_calibration(profile) and spread.engine.layout.k == 8
+    measured = []
+    monkeypatch.setattr(cal, "cached_layer_calibration", lambda *a: measured.append(a) or ((0.9, 0.1),) * 30)
+    spread = FFNSkipLM(method="spread", device="cpu")
+    assert spread.policy.calibration == ((0.9, 0.1),) * 30 and len(measured) == 1
+    with pytest.raises(ValueError, match="method=static uses none"):
+        FFNSkipLM(profile=str(path), method="static", device="cpu")
     deeper = tmp_path / "deeper.json"
     deeper.write_text(json.dumps({**profile, "n_layers": 40}))
     with pytest.raises(ValueError, match="calibrated on a model with 40 layers; this one has 30"):

@@ -10,13 +10,13 @@ from lmeval_ffnskip.policy import SkipPolicy, default_cold
 
 
 def test_methods_are_exported():
-    assert lmeval_ffnskip.METHODS == ("ffnskip", "dense", "random", "static")
+    assert lmeval_ffnskip.METHODS == ("ffnskip", "spread", "dense", "random", "static")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "fast"}, "method='fast' is unknown; choose one of ffnskip, dense"),
+        ({"method": "fast"}, "method='fast' is unknown; choose one of ffnskip, spread, dense"),
         ({"threshold": -1.5}, r"threshold=-1.5 is out of range"),
         ({"target_skip": 1.2}, r"target_skip=1.2 is out of range \[0, 1\]"),
         ({"warmup": -1}, "warmup=-1 is out of range"),
