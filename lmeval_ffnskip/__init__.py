@@ -9,7 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-METHODS: tuple[str, ...] = ("ffnskip", "spread", "dense", "random", "static")
+METHODS: tuple[str, ...] = ("ffnskip", "spread", "dense", "random", "static", "shortgpt", "skipdecode")
+LAYER_METHODS: tuple[str, ...] = ("shortgpt", "skipdecode")  # whole layers skipped (layerskip.py)
 
 _LAZY = {
     "SkipPolicy": "policy",
@@ -18,7 +19,7 @@ _LAZY = {
     "SkipStats": "stats",
     "FFNSkipLM": "lm",
 }
-__all__ = ["METHODS", *_LAZY]
+__all__ = ["LAYER_METHODS", "METHODS", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ import transformers
 from torch import nn
 
 from .engine import attach, generate_fixed
-from .policy import SkipPolicy
+from .policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
     "The history of the printing press begins",
@@ -48,10 +48,9 @@ def default_configs(
     targets: tuple[float, ...],
     threshold: float = 0.9,
     methods: tuple[str, ...] = ("ffnskip",),
-    calibration: tuple[tuple[float, float], ...] | None = None,
 ) -> list[Config]:
     """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per
-    target (``calibration``: the per-layer levels ``spread`` needs)."""
+    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use)."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
@@ -63,13 +62,7 @@ def default_configs(
     configs += [
         Config(
             f"{m}-{t:g}",
-            SkipPolicy(
-                method=m,
-                target_skip=t,
-                warmup=0,
-                threshold=threshold,
-                calibration=calibration if m == "spread" else None,
-            ),
+            SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold),
         )
         for m in methods
         for t in targets
@@ -176,10 +169,9 @@ def decode_speed(
             with _maybe_attach(model, config.policy) as engine:
                 runs[config.name].append(_timed_generate(model, batch, new_tokens))
             peaks[config.name] = torch.cuda.max_memory_allocated(model.device) if cuda else None
-            # the prompt runs full, so every skipped block is one of the new_tokens - 1 decoding
-            # passes' (the prefill pass itself emits the first new token)
-            decode_blocks = batch_size * (new_tokens - 1) * (engine.stats.n_layers if engine else 1)
-            ratios[config.name] = engine.stats.skipped / decode_blocks if engine else 0.0
+            # the share of blocks skipped per eligible token: with warmup=0 every decoding pass's
+            # (new_tokens - 1 of them: the prefill emits the first), for shortgpt every token's
+            ratios[config.name] = (engine.stats.summary()["skip_ratio_eligible"] or 0.0) if engine else 0.0
     rows = []
     for config in configs:
         prefill = [run[0] for run in runs[config.name]]
@@ -190,6 +182,7 @@ def decode_speed(
         rows.append(
             {
                 "config": config.name,
+                "method": config.policy.method if config.policy else "hf",
                 "batch_size": batch_size,
                 "new_tokens": new_tokens,
                 "prompt_tokens": prompt_tokens,
@@ -218,6 +211,9 @@ def add_ideal(rows: list[dict[str, object]]) -> None:
             row["speedup"] = t_dense / row["decode_seconds"]
             if "hf" in group:
                 row["vs_hf"] = group["hf"]["decode_seconds"] / row["decode_seconds"]
+            if row.get("method") in LAYER_METHODS:  # whole layers: the FFN-time bound does not apply
+                row["ideal_speedup"] = row["share_of_ideal"] = None
+                continue
             row["ideal_speedup"] = t_dense / (t_dense - row["skip_ratio"] * t_ffn)
             row["share_of_ideal"] = (
                 (row["speedup"] - 1) / (row["ideal_speedup"] - 1) if row["skip_ratio"] else None

@@ -18,7 +18,7 @@ import hashlib
 import json
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +275,26 @@ def cached_layer_calibration(
         return {"layers": [{"mean": m, "std": s} for m, s in stats]}
 
     return layer_calibration(_cached(_cache_path(model, "layers", [asdict(settings)]), measure))
+
+
+def cached_block_influence(
+    model: nn.Module, tokenizer: Any, settings: Settings = Settings(prompt_tokens=128)
+) -> tuple[float, ...]:
+    """ShortGPT's Block Influence of every layer on the calibration prompts, cached per model."""
+    from .layerskip import block_influence
+
+    def measure() -> dict[str, Any]:
+        batch = _batch(tokenizer, wikitext_prompts(tokenizer, settings)[0], model.device)
+        return {"block_influence": block_influence(model, batch)}
+
+    return tuple(_cached(_cache_path(model, "influence", [asdict(settings)]), measure)["block_influence"])
+
+
+def with_calibration(policy: SkipPolicy, model: nn.Module, tokenizer: Any) -> SkipPolicy:
+    """``policy`` with what its method measures on calibration text filled in (cached per model):
+    the per-layer similarity levels of ``spread``, the Block Influence of ``shortgpt``."""
+    if policy.method == "spread" and policy.calibration is None:
+        return replace(policy, calibration=cached_layer_calibration(model, tokenizer))
+    if policy.method == "shortgpt" and policy.influence is None:
+        return replace(policy, influence=cached_block_influence(model, tokenizer))
+    return policy

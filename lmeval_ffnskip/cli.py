@@ -36,11 +36,14 @@ def bench_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows and environment here")
     args = parser.parse_args(argv)
 
+    import dataclasses
+
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .bench import add_ideal, decode_speed, default_configs, environment, prompt_batch
+    from .calibrate import with_calibration
     from .checkpoints import resolve
 
     path = resolve(args.pretrained)
@@ -50,12 +53,10 @@ def bench_main(argv: list[str]) -> int:
     )
     targets = tuple(float(t) for t in args.targets.split(","))
     methods = tuple(args.methods.split(","))
-    calibration = None
-    if "spread" in methods:
-        from .calibrate import cached_layer_calibration
-
-        calibration = cached_layer_calibration(model, tokenizer)
-    configs = default_configs(targets, args.threshold, methods, calibration)
+    configs = [
+        dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
+        for c in default_configs(targets, args.threshold, methods)
+    ]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = [
         row
@@ -73,11 +74,12 @@ def bench_main(argv: list[str]) -> int:
     )
     for r in rows:
         share = "" if r["share_of_ideal"] is None else f"{r['share_of_ideal']:.0%}"
+        ideal = "" if r["ideal_speedup"] is None else f"{r['ideal_speedup']:.3f}"
         peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         print(
             f"{r['config']:<14}{r['batch_size']:>6}{r['prefill_tokens_per_s']:>10.0f}{r['tokens_per_s']:>9.2f}"
             f"{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}{peak:>8}{r['skip_ratio']:>7.1%}"
-            f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{r['ideal_speedup']:>7.3f}{share:>9}"
+            f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{ideal:>7}{share:>9}"
         )
     if args.json:
         args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
@@ -188,11 +190,12 @@ def flops_main(argv: list[str]) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .bench import prompt_batch
+    from .calibrate import with_calibration
     from .checkpoints import resolve
     from .flops import CONVENTION, analytic_decode_flops, decode_flops, results_frequency, skip_frequency
-    from .policy import SkipPolicy
+    from .policy import LAYER_METHODS, SkipPolicy
 
-    patterns: dict[str, list[float]] = {}
+    patterns: dict[str, tuple[list[float], bool]] = {}
     for source in args.results:
         try:
             patterns[source.name] = results_frequency(json.loads(source.read_text()))
@@ -206,19 +209,14 @@ def flops_main(argv: list[str]) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     batch = prompt_batch(tokenizer, 1, model.device)
     for method in args.methods.split(","):
-        calibration = None
-        if method == "spread":
-            from .calibrate import cached_layer_calibration
-
-            calibration = cached_layer_calibration(model, tokenizer)
         for target in (float(t) for t in args.targets.split(",") if t):
-            policy = SkipPolicy(
-                method=method, target_skip=target, threshold=args.threshold, warmup=0, calibration=calibration
-            )
-            patterns[f"{method}-{target:g}"] = skip_frequency(model, batch, policy, args.new_tokens)
+            policy = SkipPolicy(method=method, target_skip=target, threshold=args.threshold, warmup=0)
+            policy = with_calibration(policy, model, tokenizer)
+            frequency = skip_frequency(model, batch, policy, args.new_tokens)
+            patterns[f"{method}-{target:g}"] = (frequency, method in LAYER_METHODS)
     rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
-        {"config": name, "skip": sum(f) / len(f), **dense.skipping(f).as_dict()}
-        for name, f in patterns.items()
+        {"config": name, "skip": sum(f) / len(f), **dense.skipping(f, whole).as_dict()}
+        for name, (f, whole) in patterns.items()
     ]
     print(f"{args.pretrained}, context {args.context}: {CONVENTION}")
     print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense.total / 1e6:.2f} M "
@@ -317,7 +315,9 @@ def fidelity_main(argv: list[str]) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .calibrate import with_calibration
     from .checkpoints import resolve
+    from .engine import make_engine
     from .fidelity import continuations, measure, wikitext_sequences
     from .policy import SkipPolicy
 
@@ -332,17 +332,15 @@ def fidelity_main(argv: list[str]) -> int:
             sequences = continuations(model, prompts, args.length - args.warmup)
         methods = args.methods.split(",")
         common = {"threshold": args.threshold, "cold_start": args.cold_start, "cold_end": args.cold_end}
-        if "spread" in methods:
-            from .calibrate import cached_layer_calibration
-
-            common["calibration"] = cached_layer_calibration(model, tokenizer)
         policies = {
-            f"{m}-{float(t):g}": SkipPolicy(method=m, target_skip=float(t), **common)
+            f"{m}-{float(t):g}": with_calibration(
+                SkipPolicy(method=m, target_skip=float(t), **common), model, tokenizer
+            )
             for m in methods
             for t in args.targets.split(",")
         }
         for policy in policies.values():
-            policy.layout(model.config.num_hidden_layers)  # a bad combination fails here, not mid-run
+            make_engine(model, policy)  # a bad combination fails here, not mid-run
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip fidelity: {err}", file=sys.stderr)
         return 2

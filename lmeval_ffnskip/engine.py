@@ -27,7 +27,18 @@ import torch
 from torch import nn
 
 from .adapters import FFNSite, ffn_sites
-from .policy import RANDOM_METHODS, RandomDraws, SkipPolicy, SpreadRule, TokenRule, token_rule
+from .layerskip import LayerSkipEngine
+from .policy import (
+    LAYER_METHODS,
+    RANDOM_METHODS,
+    PassTokens,
+    RandomDraws,
+    SkipPolicy,
+    SpreadRule,
+    StepCounter,
+    TokenRule,
+    token_rule,
+)
 from .stats import SkipStats
 
 
@@ -43,7 +54,7 @@ class SkipEngine:
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
         self._rule: TokenRule | SpreadRule | None = None
         self._shape: tuple[int, int] = (0, 0)
-        self._prompt_len: torch.Tensor | None = None
+        self._steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -78,30 +89,13 @@ class SkipEngine:
 
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ref = kwargs.get("input_ids", args[0] if args else None)
-        if ref is None:
-            ref = kwargs["inputs_embeds"]
-        batch, length = ref.shape[:2]
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            m = mask.to("cpu", torch.long)
-            real = m[:, -length:].bool()
-            pos = m.cumsum(1)[:, -length:] - 1
-            before = m[:, : m.shape[1] - length].sum(1)
-        else:
-            real = torch.ones(batch, length, dtype=torch.bool)
-            pos = (past + torch.arange(length)).expand(batch, length)
-            before = torch.full((batch,), past)
-        if past == 0 or self._prompt_len is None or len(self._prompt_len) != batch:
-            self._prompt_len = real.sum(1) if past == 0 else before
-        since = pos if self.policy.skip_prompt else pos - self._prompt_len[:, None]
-        eligible = self.policy.eligible(since, real).reshape(-1)
-        self._shape = (batch, length)
-        self.stats.tokens += int(real.sum())
+        tokens = PassTokens.read(args, kwargs)
+        since = self._steps.since(tokens)
+        eligible = self.policy.eligible(since, tokens.real).reshape(-1)
+        self._shape = (tokens.batch, tokens.length)
+        self.stats.tokens += int(tokens.real.sum())
         # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
-        positions = pos.clamp(min=0).reshape(-1)
+        positions = tokens.pos.clamp(min=0).reshape(-1)
         self._rule = None
         if eligible.any():
             self._rule = token_rule(self.policy, self.layout, eligible, positions, self._draws)
@@ -209,10 +203,19 @@ def generation_stats(
     return engine.stats.summary()
 
 
+def make_engine(model: nn.Module, policy: SkipPolicy, record: bool = False) -> SkipEngine | LayerSkipEngine:
+    """The engine for ``policy``'s method (not yet installed): FFN skipping, or whole layers."""
+    if policy.method in LAYER_METHODS:
+        return LayerSkipEngine(model, policy, record=record)
+    return SkipEngine(model, policy, record=record)
+
+
 @contextmanager
-def attach(model: nn.Module, policy: SkipPolicy, record: bool = False) -> Iterator[SkipEngine]:
-    """Skip FFNs in ``model`` inside the block; yields the engine (``.stats``, ``.history``)."""
-    engine = SkipEngine(model, policy, record=record)
+def attach(
+    model: nn.Module, policy: SkipPolicy, record: bool = False
+) -> Iterator[SkipEngine | LayerSkipEngine]:
+    """Skip FFNs (or layers) in ``model`` inside the block; yields the engine (``.stats``, ``.history``)."""
+    engine = make_engine(model, policy, record=record)
     engine.install()
     try:
         yield engine

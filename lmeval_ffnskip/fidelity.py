@@ -46,7 +46,8 @@ def measure(
     """Dense first, then each policy, over ``sequences`` [batch, length] of equal length.
 
     Positions from ``warmup`` on are scored (the next-token prediction of each); every policy is
-    run with ``skip_prompt`` and that warm-up, so exactly the scored positions are eligible.
+    run with ``skip_prompt`` and that warm-up, so exactly the scored positions are eligible
+    (``skipdecode``'s schedule spans them, so its mean is its per-token count).
     """
     targets = sequences[:, warmup + 1 :]
     dense, _ = _logits(model, sequences, None)
@@ -60,7 +61,7 @@ def measure(
 
     rows = [score("dense", dense, 0.0)]
     for name, policy in policies.items():
-        forced = dataclasses.replace(policy, skip_prompt=True, warmup=warmup)
+        forced = dataclasses.replace(policy, skip_prompt=True, warmup=warmup, horizon=targets.shape[1])
         logits, ratio = _logits(model, sequences, forced)
         rows.append(score(name, logits[:, warmup:-1], ratio))
     return rows

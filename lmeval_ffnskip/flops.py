@@ -22,7 +22,7 @@ from transformers import DynamicCache
 
 from .adapters import ffn_sites
 from .engine import generation_stats
-from .policy import SkipPolicy
+from .policy import LAYER_METHODS, SkipPolicy
 
 CONVENTION = (
     "multiply-accumulates of matrix products (fvcore: one multiply-add = one flop); "
@@ -50,15 +50,21 @@ class DecodeFlops:
     lm_head: int
     other: int
     ffn_per_layer: tuple[int, ...]
+    attention_per_layer: tuple[int, ...]
 
     @property
     def total(self) -> int:
         return self.attention + self.ffn + self.lm_head + self.other
 
-    def skipping(self, layer_skip_frequency: list[float]) -> DecodeFlops:
-        """The same step when layer i's FFN is skipped for a share ``layer_skip_frequency[i]`` of tokens."""
-        kept = [round(f * (1 - s)) for f, s in zip(self.ffn_per_layer, layer_skip_frequency, strict=True)]
-        return DecodeFlops(self.context, self.attention, sum(kept), self.lm_head, self.other, tuple(kept))
+    def skipping(self, layer_skip_frequency: list[float], whole_layers: bool = False) -> DecodeFlops:
+        """The same step when layer i's FFN (``whole_layers``: its attention too) is skipped for a
+        share ``layer_skip_frequency[i]`` of tokens."""
+        freq = layer_skip_frequency
+        ffn = tuple(round(f * (1 - s)) for f, s in zip(self.ffn_per_layer, freq, strict=True))
+        attn = self.attention_per_layer
+        if whole_layers:
+            attn = tuple(round(a * (1 - s)) for a, s in zip(attn, freq, strict=True))
+        return DecodeFlops(self.context, sum(attn), sum(ffn), self.lm_head, self.other, ffn, attn)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total}
@@ -95,12 +101,10 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     ffn = [
         sum(by_module[names[id(m)]] for m in (s.mlp, s.in_norm, s.out_norm) if m is not None) for s in sites
     ]
-    attention = sum(by_module[names[id(layer.self_attn)]] for layer in model.get_decoder().layers)
+    attention = [by_module[names[id(layer.self_attn)]] for layer in model.get_decoder().layers]
     lm_head = by_module[names[id(model.get_output_embeddings())]]
-    total = analysis.total()
-    return DecodeFlops(
-        context, attention, sum(ffn), lm_head, total - attention - sum(ffn) - lm_head, tuple(ffn)
-    )
+    other = analysis.total() - sum(attention) - sum(ffn) - lm_head
+    return DecodeFlops(context, sum(attention), sum(ffn), lm_head, other, tuple(ffn), tuple(attention))
 
 
 def analytic_decode_flops(config: Any, context: int) -> int:
@@ -129,12 +133,13 @@ def skip_frequency(model: nn.Module, batch: dict, policy: SkipPolicy, new_tokens
     return frequency
 
 
-def results_frequency(results: dict[str, Any]) -> list[float]:
-    """The per-layer skip frequency an lm-eval results JSON of ``--model ffnskip`` recorded."""
+def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
+    """The per-layer skip frequency an lm-eval results JSON of ``--model ffnskip`` recorded, and
+    whether its method skips whole layers."""
     info = results.get("config", {}).get("ffnskip")
     if not info:
         raise ValueError("not the results of an lm-eval run with --model ffnskip")
     frequency = info["stats"]["layer_skip_frequency"]
     if frequency is None:
         raise ValueError("no token of that run was eligible for skipping")
-    return frequency
+    return frequency, info.get("policy", {}).get("method") in LAYER_METHODS

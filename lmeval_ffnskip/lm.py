@@ -13,14 +13,16 @@ from lm_eval.models.huggingface import HFLM
 from .adapters import ffn_sites
 from .checkpoints import DEFAULT_MODEL, resolve
 from .conversation import converse, is_conversation
-from .engine import SkipEngine
+from .engine import make_engine
 from .policy import SkipPolicy
 from .stats import SkipStats
 
 log = logging.getLogger(__name__)
 
-# model_args of the policy (``calibration`` comes from a profile, not from the command line)
-POLICY_ARGS = tuple(f.name for f in dataclasses.fields(SkipPolicy) if f.name != "calibration")
+# model_args of the policy (what calibration measures is not set from the command line)
+POLICY_ARGS = tuple(
+    f.name for f in dataclasses.fields(SkipPolicy) if f.name not in ("calibration", "influence")
+)
 # from_pretrained keywords that HFLM forwards through **kwargs
 HF_LOAD_ARGS = (
     "attn_implementation",
@@ -47,7 +49,8 @@ class FFNSkipLM(HFLM):
     model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
     warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed), and ``profile``
     (a file from ``ffnskip calibrate``, or ``auto``: calibrate once, cached). ``method=spread``
-    takes its per-layer levels from the profile, or from a cached calibration when none is given.
+    takes its per-layer levels from the profile, or from a cached calibration when none is given;
+    ``method=shortgpt`` its Block Influence from a cached measurement.
     ``pretrained`` defaults to the embedded ``smollm2-135m``; ``gemma3-270m`` is the other alias.
     """
 
@@ -67,12 +70,11 @@ class FFNSkipLM(HFLM):
         self.profile: str | None = None
         if profile is not None and str(profile).lower() != "none":
             self._apply_profile(str(profile), given)
-        elif self.policy.method == "spread":
-            from .calibrate import cached_layer_calibration
+        else:
+            from .calibrate import with_calibration
 
-            calibration = cached_layer_calibration(self.model, self.tokenizer)
-            self.policy = dataclasses.replace(self.policy, calibration=calibration)
-        self.engine = SkipEngine(self.model, self.policy)
+            self.policy = with_calibration(self.policy, self.model, self.tokenizer)
+        self.engine = make_engine(self.model, self.policy)
         self.engine.install()
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
 
@@ -108,11 +110,12 @@ class FFNSkipLM(HFLM):
             local = _from_counts(self.all_gather(counts.unsqueeze(0)).sum(0).tolist(), local.n_layers)
         self.skip_stats.merge(local)
         if self.policy.method != "dense" and local.tokens and not local.eligible:
-            hint = (
-                " prompt positions run the full model unless skip_prompt=true"
-                if not self.policy.skip_prompt
-                else f" warmup={self.policy.warmup} covers them all"
-            )
+            if self.policy.method == "skipdecode":
+                hint = f" skipdecode skips only after warmup={self.policy.warmup} decoding steps"
+            elif not self.policy.skip_prompt:
+                hint = " prompt positions run the full model unless skip_prompt=true"
+            else:
+                hint = f" warmup={self.policy.warmup} covers them all"
             log.warning(
                 "ffnskip: no token was eligible for skipping in %d %s requests:%s. These are "
                 "dense results, not skip results.",

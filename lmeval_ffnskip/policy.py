@@ -25,6 +25,8 @@ A *token* is one position processed by the model. Per token:
    - ``random`` (the paper's Baseline 1): k FFNs skipped at random among all layers.
    - ``static`` (the paper's Baseline 2): k FFNs skipped at random among the non-cold layers.
    - ``dense``: nothing is skipped.
+   - ``shortgpt`` and ``skipdecode``, the layer-skip baselines of the paper's Table 2, skip whole
+     layers (attention too) at the same share of compute: see ``layerskip.py``.
 
    Random draws depend on ``seed`` and the token's position only, so a sequence gets the
    same draw at any batch size.
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import METHODS
+from . import LAYER_METHODS, METHODS
 
 RANDOM_METHODS = ("random", "static")
 SPREAD_Z = -0.5  # spread: a layer's similarity is high from its calibrated mean + SPREAD_Z std
@@ -69,8 +71,11 @@ class SkipPolicy:
     refresh_every: int = 0
     skip_prompt: bool = False
     seed: int = 1234
+    horizon: int = 128  # skipdecode: decoding steps over which the bypassed count grows to 2n
     # spread: per-layer (mean, std) of cos(h, h + FFN) on calibration text; set from a profile
     calibration: tuple[tuple[float, float], ...] | None = None
+    # shortgpt: per-layer Block Influence on calibration text (measured, cached per model)
+    influence: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -82,6 +87,8 @@ class SkipPolicy:
             )
         if not 0.0 <= self.target_skip <= 1.0:
             raise ValueError(f"target_skip={self.target_skip} is out of range [0, 1]")
+        if self.horizon < 1:
+            raise ValueError(f"horizon={self.horizon} is out of range: it must be >= 1")
         for name in ("warmup", "refresh_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} is out of range: it must be >= 0")
@@ -91,6 +98,11 @@ class SkipPolicy:
                 raise ValueError(f"{name}={value} is out of range: it must be >= 0")
         if self.refresh_every == 1:
             raise ValueError("refresh_every=1 would run every token full; use 0 (off) or >= 2")
+        if self.method in LAYER_METHODS and self.refresh_every:
+            raise ValueError(
+                f"refresh_every does not apply to method={self.method}: a layer it skipped has no KV "
+                "for that token, so it can never run full again; use refresh_every=0"
+            )
 
     @classmethod
     def from_args(cls, args: dict[str, object]) -> SkipPolicy:
@@ -132,7 +144,7 @@ class SkipPolicy:
             mean, std = zip(*self.calibration, strict=True)
             hot = tuple(i for i in hot_layers(list(mean), list(std)) if cold_start <= i < n_layers - cold_end)
         limit = {"ffnskip": n_mid - 1, "spread": n_mid - len(hot), "static": n_mid, "random": n_layers}
-        if k > max(limit.get(self.method, 0), 0):
+        if self.method not in LAYER_METHODS and k > max(limit.get(self.method, 0), 0):
             raise ValueError(
                 f"target_skip={self.target_skip} asks for {k} of {n_layers} FFNs per token, but "
                 f"method={self.method} can skip at most {max(limit[self.method], 0)} with "
@@ -146,6 +158,53 @@ class SkipPolicy:
         if self.refresh_every:
             out &= (since - self.warmup + 1) % self.refresh_every != 0
         return out if self.method != "dense" else torch.zeros_like(out)
+
+
+@dataclass(frozen=True)
+class PassTokens:
+    """The tokens of one decoder forward pass, read from its arguments (on the host)."""
+
+    batch: int
+    length: int
+    past: int  # positions already in the KV cache
+    real: torch.Tensor  # [batch, length] not padding
+    pos: torch.Tensor  # [batch, length] position in the row's sequence (padding not counted)
+    before: torch.Tensor  # [batch] real positions already in the cache
+
+    @classmethod
+    def read(cls, args: tuple, kwargs: dict) -> PassTokens:
+        ref = kwargs.get("input_ids", args[0] if args else None)
+        if ref is None:
+            ref = kwargs["inputs_embeds"]
+        batch, length = ref.shape[:2]
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            m = mask.to("cpu", torch.long)
+            real = m[:, -length:].bool()
+            pos = m.cumsum(1)[:, -length:] - 1
+            before = m[:, : m.shape[1] - length].sum(1)
+        else:
+            real = torch.ones(batch, length, dtype=torch.bool)
+            pos = (past + torch.arange(length)).expand(batch, length)
+            before = torch.full((batch,), past)
+        return cls(batch, length, past, real, pos, before)
+
+
+class StepCounter:
+    """Where each row's warm-up counting starts, across the passes of a generation: at its first
+    position with ``skip_prompt``, else at its first generated token."""
+
+    def __init__(self, skip_prompt: bool) -> None:
+        self.skip_prompt = skip_prompt
+        self._prompt_len: torch.Tensor | None = None
+
+    def since(self, tokens: PassTokens) -> torch.Tensor:
+        """[batch, length] steps of each token from where counting starts (negative: prompt)."""
+        if tokens.past == 0 or self._prompt_len is None or len(self._prompt_len) != tokens.batch:
+            self._prompt_len = tokens.real.sum(1) if tokens.past == 0 else tokens.before
+        return tokens.pos if self.skip_prompt else tokens.pos - self._prompt_len[:, None]
 
 
 def _to_bool(raw: object) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import LAYER_METHODS
 from .data import read_jsonl
 
 # metrics reported on their own scale (prefixes); every other metric is a 0-1 share
@@ -219,6 +220,10 @@ def flops_per_token(run: Run) -> float | None:
     if run.method == "dense" or not freq:
         return float(dense["total"])
     saved = sum(f * c for f, c in zip(freq, dense["ffn_per_layer"], strict=True))
+    if run.method in LAYER_METHODS:  # attention too; older flops.json lack it (rerun ffnskip flops)
+        if "attention_per_layer" not in dense:
+            return None
+        saved += sum(f * c for f, c in zip(freq, dense["attention_per_layer"], strict=True))
     return dense["total"] - saved
 
 

@@ -35,6 +35,8 @@ def test_skipped_ffns_count_zero():
     assert dense.skipping([1.0] * 4).ffn == 0
     half = dense.skipping([0.0, 1.0, 0.5, 0.5])
     assert half.ffn == dense.ffn // 2 and half.attention == dense.attention and half.total < dense.total
+    layers = dense.skipping([0.0, 1.0, 0.5, 0.5], whole_layers=True)  # shortgpt, skipdecode
+    assert layers.ffn == half.ffn and layers.attention == dense.attention // 2
 
 
 def test_measured_pattern_and_results_pattern():

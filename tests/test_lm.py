@@ -103,6 +103,23 @@ def test_generation_records_stats(task_manager):
     assert set(out["results"]["freebaseqa"]) >= {"exact_match,none", "contains,none"}
 
 
+def test_layer_skip_baselines_run_through_lm_eval(task_manager, caplog):
+    """shortgpt prunes 6 of SmolLM2's 30 layers (FFN share of a layer 0.75: 0.25 * 30 * 0.75),
+    prompts included; skipdecode skips by decoding step only."""
+    pruned = _evaluate("ffnskip", "method=shortgpt,target_skip=0.25", ["tiny_mc"], task_manager)
+    info = pruned["config"]["ffnskip"]
+    assert info["layout"]["k"] == 6 and info["stats"]["skip_ratio_all"] == pytest.approx(0.2)
+    assert sorted(set(info["stats"]["layer_skip_frequency"])) == [0.0, 1.0]
+    with caplog.at_level(logging.WARNING):
+        scored = _evaluate("ffnskip", "method=skipdecode,target_skip=0.25", ["tiny_mc"], task_manager)
+    assert "skipdecode skips only after warmup=25 decoding steps" in caplog.text
+    hf = _evaluate("hf", f"pretrained={resolve('smollm2-135m')}", ["tiny_mc"], task_manager)
+    assert scored["results"]["tiny_mc"] == hf["results"]["tiny_mc"]  # no decoding step: dense
+    args = "method=skipdecode,target_skip=0.25,warmup=0,horizon=4"
+    stats = _evaluate("ffnskip", args, ["freebaseqa"], task_manager, limit=2)["config"]["ffnskip"]["stats"]
+    assert stats["skipped"] > 0 and stats["layer_skip_frequency"][:4] == [0.0] * 4  # cold_start runs
+
+
 def test_offline_tasks_replace_the_downloading_builtins(task_manager):
     """Our mmlu / wikitext carry the built-ins' names and prompts but read the data directory."""
     names = set(task_manager.all_tasks)

@@ -9,8 +9,22 @@ import lmeval_ffnskip
 from lmeval_ffnskip.policy import SkipPolicy, default_cold
 
 
-def test_methods_are_exported():
-    assert lmeval_ffnskip.METHODS == ("ffnskip", "spread", "dense", "random", "static")
+def test_every_exported_method_runs():
+    from conftest import tiny_model
+
+    from lmeval_ffnskip.engine import attach
+
+    methods = lmeval_ffnskip.METHODS
+    assert methods == ("ffnskip", "spread", "dense", "random", "static", "shortgpt", "skipdecode")
+    assert set(lmeval_ffnskip.LAYER_METHODS) < set(methods)
+    model = tiny_model("llama", n_layers=8)
+    ids = torch.randint(3, 90, (1, 6))
+    measured = {"calibration": ((0.9, 0.05),) * 8, "influence": tuple(range(8))}
+    for method in methods:
+        policy = SkipPolicy(method=method, warmup=1, threshold=-1.0, horizon=2, **measured)
+        with attach(model, policy) as engine:
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        assert (engine.stats.skipped > 0) == (method != "dense"), method
 
 
 @pytest.mark.parametrize(
