@@ -48,9 +48,11 @@ def default_configs(
     targets: tuple[float, ...],
     threshold: float = 0.9,
     methods: tuple[str, ...] = ("ffnskip",),
+    decode_steps: int = 127,
 ) -> list[Config]:
     """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per
-    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use)."""
+    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use;
+    ``skipdecode``'s schedule spans the ``decode_steps``, so its mean is its per-token count)."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
@@ -62,7 +64,7 @@ def default_configs(
     configs += [
         Config(
             f"{m}-{t:g}",
-            SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold),
+            SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold, horizon=decode_steps),
         )
         for m in methods
         for t in targets

@@ -32,6 +32,7 @@ from .policy import SkipPolicy
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
 THRESHOLDS = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))  # 0.5 .. 0.995
+MAX_TRIES = 10  # real decoding runs per calibration
 
 
 @dataclass(frozen=True)
@@ -121,22 +122,39 @@ def predicted_ratio(cos: torch.Tensor, cold: tuple[int, int], threshold: float, 
     return float(trigger_room(cos, cold, threshold).clamp(max=k).float().mean()) / cos.shape[1]
 
 
+def candidate_thresholds(cos: torch.Tensor, cold: tuple[int, int]) -> list[float]:
+    """Thresholds to try, highest first: the fixed grid plus 200 quantiles of the similarities in
+    the checked layers, so a model whose layers all sit above 0.99 still gets thresholds between
+    its tokens."""
+    checked = cos[:, cold[0] : cos.shape[1] - cold[1] - 1].flatten().float()
+    quantiles = torch.quantile(checked, torch.linspace(0, 1, 201)).tolist() if checked.numel() else []
+    return sorted(
+        {round(q, 6) for q in quantiles if THRESHOLDS[0] <= q < 1.0} | set(THRESHOLDS), reverse=True
+    )
+
+
 def choose(
-    cos: torch.Tensor, cold: tuple[int, int], target: float, tolerance: float, below: float = 2.0
+    cos: torch.Tensor,
+    cold: tuple[int, int],
+    target: float,
+    tolerance: float,
+    thresholds: tuple[float, ...] | list[float] = THRESHOLDS,
 ) -> tuple[float, int, float]:
-    """(threshold, k, predicted ratio) for ``target``: the highest threshold under ``below`` within
-    tolerance, then the smallest k; if no pair is within tolerance, the closest one."""
+    """(threshold, k, predicted ratio) for ``target``: the smallest k within tolerance (most
+    tokens fire, so the ratio holds when decoding for real), then the closest prediction, then
+    the highest threshold; if no pair is within tolerance, the closest one."""
     n_layers = cos.shape[1]
     ks = torch.arange(1, n_layers - sum(cold))
-    best: tuple[float, float, int, float] | None = None  # (error beyond tolerance, -threshold, k, ratio)
-    for threshold in (t for t in THRESHOLDS if t < below):
+    # (error beyond tolerance, k, error, -threshold, ratio): the smallest wins
+    best: tuple[float, int, float, float, float] | None = None
+    for threshold in thresholds:
         room = trigger_room(cos, cold, threshold)
         ratios = torch.minimum(room[:, None], ks[None, :]).float().mean(0) / n_layers
         for k, ratio in zip(ks.tolist(), ratios.tolist(), strict=True):
             error = abs(ratio - target)
-            key = (0.0 if error <= tolerance else error, -threshold, k, ratio)
+            key = (0.0 if error <= tolerance else error, k, error, -threshold, ratio)
             best = key if best is None or key < best else best
-    _, neg_threshold, k, ratio = best
+    _, k, _, neg_threshold, ratio = best
     return -neg_threshold, k, ratio
 
 
@@ -154,11 +172,12 @@ def calibrate(
 ) -> dict[str, Any]:
     """The profile: per-layer curve, cold regions, threshold and k for ``target``, held-out check.
 
-    The pair predicted from dense similarities is then run for real on the calibration prompts;
-    skipping changes later similarities a little, so while the real ratio misses both the target
-    and the prediction by more than ``tolerance``, the next lower threshold's pair is tried
-    (lower thresholds fire earlier and more surely, so the prediction holds better). Where k's
-    granularity (1 / layers) keeps every pair off the target, the closest one is kept.
+    The pair predicted from dense similarities is then run for real on the calibration prompts.
+    Skipping changes later similarities, so where the real ratio misses both the target and the
+    prediction by more than ``tolerance``, the threshold for that k is bisected on real decoding
+    (lower thresholds fire earlier and more often), at most ``MAX_TRIES`` runs in all. Where k's
+    granularity (1 / layers) keeps every pair off the target, the prediction holds and the search
+    stops. The pair whose real ratio came closest to the target is kept.
     """
     calib, held = wikitext_prompts(tokenizer, settings)
     calib_batch = _batch(tokenizer, calib, model.device)
@@ -169,23 +188,43 @@ def calibrate(
     mean, spread = cos.mean(0).tolist(), cos.std(0).tolist()
     cold = cold_regions(mean, spread)
     n_layers = cos.shape[1]
-    below, tried = 2.0, []
-    while True:
-        threshold, k, predicted = choose(cos, cold, target, settings.tolerance, below)
-        args = {
+    thresholds = candidate_thresholds(cos, cold)
+    threshold, k, predicted = choose(cos, cold, target, settings.tolerance, thresholds)
+    tried: list[dict[str, Any]] = []
+
+    def policy_args(threshold: float) -> dict[str, Any]:
+        return {
             "threshold": threshold,
             "cold_start": cold[0],
             "cold_end": cold[1],
             "target_skip": k / n_layers,
         }
-        real = run_ratio(model, calib_batch, SkipPolicy(warmup=0, **args), settings.new_tokens)
+
+    def attempt(threshold: float) -> float:
+        policy = SkipPolicy(warmup=0, **policy_args(threshold))
+        real = run_ratio(model, calib_batch, policy, settings.new_tokens)
+        predicted = predicted_ratio(cos, cold, threshold, k)
         tried.append({"threshold": threshold, "k": k, "predicted": predicted, "real": real})
         progress(f"threshold {threshold:g}, k {k}: predicted {predicted:.1%}, decoded {real:.1%}")
-        # done when the target is met, or when the prediction held (the miss is k's granularity)
-        off_target, off_prediction = abs(real - target), abs(real - predicted)
-        if min(off_target, off_prediction) <= settings.tolerance or threshold <= THRESHOLDS[0]:
-            break
-        below = threshold
+        return real
+
+    real = attempt(threshold)
+    if min(abs(real - target), abs(real - predicted)) > settings.tolerance:
+        # bisect on real decoding between the thresholds (highest first) that fire too little, at
+        # index `few`, and too much, at index `many`
+        at = thresholds.index(threshold)
+        few, many = (at, len(thresholds) - 1) if real < target else (0, at)
+        while many - few > 1 and len(tried) < MAX_TRIES:
+            mid = (few + many) // 2
+            real = attempt(thresholds[mid])
+            if abs(real - target) <= settings.tolerance:
+                break
+            if real < target:
+                few = mid
+            else:
+                many = mid
+    best = min(tried, key=lambda t: abs(t["real"] - target))
+    args = policy_args(best["threshold"])
     held_batch = _batch(tokenizer, held, model.device)
     held_ratio = run_ratio(model, held_batch, SkipPolicy(warmup=0, **args), settings.new_tokens)
     return {
@@ -202,7 +241,7 @@ def calibrate(
         "k": k,
         "policy": args,
         "tried": tried,
-        "calibration_ratio": tried[-1]["real"],
+        "calibration_ratio": best["real"],
         "heldout_ratio": held_ratio,
         "tokens": cos.shape[0],
     }

@@ -90,10 +90,15 @@ def plan(model: nn.Module, policy: SkipPolicy) -> tuple[LayerLayout, LayerPlan]:
         order = tuple(i for i in layout.mid if i not in protected)
         room = len(order) // 2
     if n > room:
+        where = (
+            f"of the layers other than {sorted(protected)} (they size the attention masks)"
+            if policy.method == "shortgpt"
+            else f"with cold_start={layout.cold_start}, cold_end={layout.cold_end} (2n must fit between)"
+        )
         raise ValueError(
             f"target_skip={policy.target_skip} matches {n} of {n_layers} whole layers per token "
             f"(FFN share of a layer {share:.2f}), but method={policy.method} can skip at most {room} "
-            f"with cold_start={layout.cold_start}, cold_end={layout.cold_end}; lower target_skip"
+            f"{where}; lower target_skip"
         )
     return layout, LayerPlan(policy.method, n, order)
 
@@ -102,8 +107,8 @@ class LayerSkipEngine:
     """Hooks for a layer-skip method: same interface as ``SkipEngine`` (``layout``, ``stats``,
     ``history``, ``install``/``remove``). A layer every token of a pass skips returns its input
     without running. Where only some tokens of a pass skip it (skipdecode with ``skip_prompt``:
-    teacher forcing), it runs and those tokens keep their input: exact (a later token never
-    attends to a layer its predecessor skipped), not faster."""
+    teacher forcing), it runs and those tokens keep their input: exact (a token that runs a
+    layer only attends to earlier positions, and those ran it too), not faster."""
 
     def __init__(self, model: nn.Module, policy: SkipPolicy, record: bool = False) -> None:
         self.policy = policy

@@ -47,7 +47,7 @@ class FFNSkipLM(HFLM):
     """HFLM whose decoder skips FFN blocks per token (see ``policy.py``).
 
     model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
-    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed), and ``profile``
+    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed, horizon), and ``profile``
     (a file from ``ffnskip calibrate``, or ``auto``: calibrate once, cached). ``method=spread``
     takes its per-layer levels from the profile, or from a cached calibration when none is given;
     ``method=shortgpt`` its Block Influence from a cached measurement.

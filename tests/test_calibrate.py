@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,6 +36,29 @@ def test_cold_regions_and_predicted_ratio_by_hand():
     # 3 / 18 reachable at threshold 0.9 (k=2: 4/18 no; k=1: 2/18 ...) -> the highest threshold first
     threshold, k, ratio = cal.choose(cos, (1, 1), target=2 / 18, tolerance=0.001)
     assert (threshold, k) == (0.95, 1) and ratio == pytest.approx(2 / 18)
+
+
+def test_search_bisects_the_threshold_where_decoding_fires_less_than_predicted(monkeypatch):
+    """A flat, high curve (every layer above 0.99, like Gemma-3's): the thresholds come from the
+    data, and the threshold for k is bisected on (here simulated) real decoding."""
+    cos = 0.99 + 0.01 * torch.rand(400, 18, generator=torch.Generator().manual_seed(0))
+    cos[:, 0] = cos[:, -1] = 0.5
+    thresholds = cal.candidate_thresholds(cos, (1, 1))
+    assert sum(0.99 < t < 1.0 for t in thresholds) > 100 and thresholds == sorted(thresholds, reverse=True)
+
+    def decoded(model, batch, policy, new_tokens):  # fires as if the threshold were 0.002 higher
+        return cal.predicted_ratio(cos, (1, 1), policy.threshold + 0.002, round(policy.target_skip * 18))
+
+    monkeypatch.setattr(cal, "wikitext_prompts", lambda tok, settings: ([[1]], [[1]]))
+    monkeypatch.setattr(cal, "_batch", lambda *args: {})
+    monkeypatch.setattr(cal, "similarities", lambda *args: cos)
+    monkeypatch.setattr(cal, "run_ratio", decoded)
+    model = SimpleNamespace(device="cpu", config=SimpleNamespace(_name_or_path="flat"))
+    profile = cal.calibrate(model, None, 0.25)
+    assert profile["k"] == 5  # the smallest k that reaches 25% of 18 layers
+    assert profile["tried"][0]["real"] < 0.24 and 1 < len(profile["tried"]) <= cal.MAX_TRIES
+    assert abs(profile["calibration_ratio"] - 0.25) <= 0.01
+    assert profile["heldout_ratio"] == profile["calibration_ratio"]
 
 
 def test_similarities_predict_the_engines_first_decisions():
