@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .adapters import FFNSite, ffn_sites
+from .hooks import Patches
 from .layerskip import LayerSkipEngine
 from .policy import (
     LAYER_METHODS,
@@ -57,35 +58,26 @@ class SkipEngine:
         self._steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._patched: list[nn.Module] = []
+        self._patches = Patches()
 
     # -- install / remove -------------------------------------------------------------
     def install(self) -> None:
         """Hook the model (in place): the decoder stack, and only the layers the method can touch."""
         if any("forward" in vars(m) for site in self.sites for m in (site.mlp, site.in_norm)):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
-        self._handles.append(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
-        self._handles.append(self.decoder.register_forward_hook(self._end))
+        patches = self._patches
+        patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
+        patches.hook(self.decoder.register_forward_hook(self._end))
         checked, skippable = self.layout.checked, self.layout.skippable
         for site in self.sites:
             if site.index in checked:
-                self._patch(site.in_norm, partial(self._keep_residual, site.in_norm.forward))
+                patches.patch(site.in_norm, partial(self._keep_residual, site.in_norm.forward))
             if site.index in checked or site.index in skippable:
-                self._patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
-
-    def _patch(self, module: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        module.forward = forward
-        self._patched.append(module)
+                patches.patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
 
     def remove(self) -> None:
         """Undo ``install``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for module in self._patched:
-            vars(module).pop("forward", None)
-        self._patched.clear()
+        self._patches.remove()
 
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .adapters import ffn_sites
+from .hooks import Patches
 from .policy import LayerLayout, PassTokens, SkipPolicy, StepCounter
 from .stats import SkipStats
 
@@ -119,27 +120,20 @@ class LayerSkipEngine:
         self._steps = StepCounter(policy.skip_prompt)
         self._skipped: frozenset[int] = frozenset()
         self._partial: dict[int, torch.Tensor] = {}  # layer -> [batch, length, 1] tokens skipping it
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._patched: list[nn.Module] = []
+        self._patches = Patches()
 
     def install(self) -> None:
         """Hook the decoder stack and wrap the forward of each layer the plan can skip."""
         layers = self.decoder.layers
         if any("forward" in vars(layer) for layer in layers):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
-        self._handles.append(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
+        self._patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         for i in self.plan.order:
-            layers[i].forward = partial(self._layer, i, layers[i].forward)
-            self._patched.append(layers[i])
+            self._patches.patch(layers[i], partial(self._layer, i, layers[i].forward))
 
     def remove(self) -> None:
         """Undo ``install``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for module in self._patched:
-            vars(module).pop("forward", None)
-        self._patched.clear()
+        self._patches.remove()
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 DATA_DIR = os.environ.get(
@@ -50,6 +50,35 @@ def tiny_model(model_type: str, n_layers: int = 8, seed: int = 0) -> torch.nn.Mo
     )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def alone_and_batched(model: torch.nn.Module, prompts: list[torch.Tensor], new_tokens: int) -> tuple:
+    """Greedy continuations of each prompt alone, stacked, and inside one left-padded batch."""
+    gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "pad_token_id": 0}
+    width = max(len(p) for p in prompts)
+    batch = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = (torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]).long()
+    together = model.generate(batch, attention_mask=mask, **gen)[:, width:]
+    singles = torch.stack([model.generate(p[None], **gen)[0, len(p) :] for p in prompts])
+    return singles, together
+
+
+@torch.no_grad()
+def forced_and_stepwise(model: torch.nn.Module, policy: object, ids: torch.Tensor) -> tuple:
+    """(engine, logits) of one forward pass over ``ids`` and of token-by-token decoding of them,
+    each with ``policy`` attached and decisions recorded."""
+    from lmeval_ffnskip.engine import attach
+
+    with attach(model, policy, record=True) as forced:
+        full = model(ids).logits
+    with attach(model, policy, record=True) as stepwise:
+        cache = DynamicCache(config=model.config)
+        steps = [
+            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            for t in range(ids.shape[1])
+        ]
+    return (forced, full), (stepwise, torch.cat(steps, dim=1))
 
 
 @pytest.fixture(params=ARCHS)

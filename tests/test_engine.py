@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from transformers import DynamicCache
 
 from lmeval_ffnskip.adapters import ffn_sites
@@ -111,13 +111,9 @@ def test_teacher_forced_pass_equals_token_by_token_decoding(arch):
     ids = _ids(1, 24)
     base = SkipPolicy(skip_prompt=True, warmup=3, target_skip=0.3, cold_start=2, cold_end=1)
     policy = SkipPolicy(**{**base.__dict__, "threshold": _mixed_threshold(model, ids, base)})
-    with attach(model, policy, record=True) as engine:
-        full = model(ids).logits
-    with attach(model, policy, record=True) as stepwise:
-        cache = DynamicCache(config=model.config)
-        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(24)]
+    (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
     assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
     assert 0 < engine.stats.skipped
 
 
@@ -134,14 +130,9 @@ def test_per_row_decisions_in_a_left_padded_batch():
             ),
         }
     )
-    width = max(len(p) for p in prompts)
-    batch = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]).long()
-    gen = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": 0}
     with attach(model, policy) as engine:
-        together = model.generate(batch, attention_mask=mask, **gen)[:, width:]
-        singles = [model.generate(p[None], **gen)[0, len(p) :] for p in prompts]
-    assert torch.equal(together, torch.stack(singles))
+        singles, together = alone_and_batched(model, prompts, 12)
+    assert torch.equal(together, singles)
     assert 0 < engine.stats.never_fired < engine.stats.eligible  # decisions differed between rows
 
 

@@ -6,9 +6,8 @@ import itertools
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from test_engine import _ids
-from transformers import DynamicCache
 
 from lmeval_ffnskip import layerskip
 from lmeval_ffnskip.engine import attach
@@ -113,15 +112,9 @@ def test_skipdecode_is_the_same_alone_and_in_a_left_padded_batch():
     model = tiny_model("llama", n_layers=N_LAYERS)
     policy = SkipPolicy(method="skipdecode", target_skip=0.3, warmup=1, horizon=4)
     prompts = [_ids(1, n, seed=n)[0] for n in (5, 9, 7)]
-    with attach(model, policy):
-        alone = [model.generate(p[None], max_new_tokens=8, do_sample=False)[0, len(p) :] for p in prompts]
-        width = max(map(len, prompts))
-        ids = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
-        starts = width - torch.tensor([len(p) for p in prompts])
-        mask = (torch.arange(width)[None] >= starts[:, None]).long()
-        batch = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)[:, width:]
-    for one, row in zip(alone, batch, strict=True):
-        assert torch.equal(one, row)
+    with attach(model, policy) as engine:
+        singles, together = alone_and_batched(model, prompts, 8)
+    assert torch.equal(singles, together) and engine.stats.skipped > 0
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
@@ -131,14 +124,10 @@ def test_skipdecode_teacher_forced_pass_equals_decoding(arch):
     model = tiny_model(arch, n_layers=N_LAYERS)
     policy = SkipPolicy(method="skipdecode", target_skip=0.25, warmup=3, horizon=8, skip_prompt=True)
     ids = _ids(2, 16)
-    with attach(model, policy, record=True) as engine:
-        full = model(ids).logits
-    with attach(model, policy, record=True) as stepwise:
-        cache = DynamicCache(config=model.config)
-        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(16)]
+    (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
     assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
     assert engine.history[0][0, -1].sum() == 2 * engine.layout.k  # fully grown by the last position
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
     assert engine.stats.skipped == stepwise.stats.skipped > 0
 
 

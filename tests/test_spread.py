@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from test_engine import _count_ffn_rows, _ids
-from transformers import DynamicCache
 
 from lmeval_ffnskip.calibrate import similarities
 from lmeval_ffnskip.engine import attach
@@ -65,22 +64,13 @@ def test_teacher_forced_pass_equals_decoding_and_rows_decide_alone(arch):
     model = tiny_model(arch, n_layers=N_LAYERS)
     policy = _policy(_measured_calibration(model))
     ids = _ids(1, 24)
-    with attach(model, policy, record=True) as engine:
-        full = model(ids).logits
-    with attach(model, policy, record=True) as stepwise:
-        cache = DynamicCache(config=model.config)
-        steps = [model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(24)]
+    (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
     assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
     assert 0 < engine.stats.never_fired < engine.stats.eligible  # the levels split the tokens
 
     prompts = [_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12)]
-    width = max(len(p) for p in prompts)
-    batch = torch.stack([torch.cat([torch.zeros(width - len(p), dtype=torch.long), p]) for p in prompts])
-    mask = (torch.arange(width) >= width - torch.tensor([len(p) for p in prompts])[:, None]).long()
-    gen = {"max_new_tokens": 10, "min_new_tokens": 10, "do_sample": False, "pad_token_id": 0}
     decoding = SkipPolicy(**{**policy.__dict__, "skip_prompt": False})
     with attach(model, decoding):
-        together = model.generate(batch, attention_mask=mask, **gen)[:, width:]
-        singles = [model.generate(p[None], **gen)[0, len(p) :] for p in prompts]
-    assert torch.equal(together, torch.stack(singles))
+        singles, together = alone_and_batched(model, prompts, 10)
+    assert torch.equal(together, singles)
