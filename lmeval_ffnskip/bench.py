@@ -21,7 +21,7 @@ import torch
 import transformers
 from torch import nn
 
-from .engine import attach, generate_fixed
+from .engine import attach, generate_fixed, spanning
 from .policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
@@ -48,11 +48,9 @@ def default_configs(
     targets: tuple[float, ...],
     threshold: float = 0.9,
     methods: tuple[str, ...] = ("ffnskip",),
-    decode_steps: int = 127,
 ) -> list[Config]:
     """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per
-    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use;
-    ``skipdecode``'s schedule spans the ``decode_steps``, so its mean is its per-token count)."""
+    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use)."""
     configs = [
         Config("hf", None),
         Config("dense", SkipPolicy(method="dense")),
@@ -64,7 +62,7 @@ def default_configs(
     configs += [
         Config(
             f"{m}-{t:g}",
-            SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold, horizon=decode_steps),
+            SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold),
         )
         for m in methods
         for t in targets
@@ -73,11 +71,11 @@ def default_configs(
 
 
 @contextlib.contextmanager
-def _maybe_attach(model: nn.Module, policy: SkipPolicy | None) -> Iterator[object]:
+def _maybe_attach(model: nn.Module, policy: SkipPolicy | None, new_tokens: int) -> Iterator[object]:
     if policy is None:
         yield None
     else:
-        with attach(model, policy) as engine:
+        with attach(model, spanning(policy, new_tokens)) as engine:
             yield engine
 
 
@@ -162,13 +160,13 @@ def decode_speed(
     peaks: dict[str, int | None] = {}
     cuda = model.device.type == "cuda"
     for config in configs:
-        with _maybe_attach(model, config.policy):
+        with _maybe_attach(model, config.policy, 8):
             _timed_generate(model, batch, 8)
     for _ in range(reps):
         for config in configs:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(model.device)
-            with _maybe_attach(model, config.policy) as engine:
+            with _maybe_attach(model, config.policy, new_tokens) as engine:
                 runs[config.name].append(_timed_generate(model, batch, new_tokens))
             peaks[config.name] = torch.cuda.max_memory_allocated(model.device) if cuda else None
             # the share of blocks skipped per eligible token: with warmup=0 every decoding pass's

@@ -55,7 +55,7 @@ def bench_main(argv: list[str]) -> int:
     methods = tuple(args.methods.split(","))
     configs = [
         dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
-        for c in default_configs(targets, args.threshold, methods, max(args.new_tokens - 1, 1))
+        for c in default_configs(targets, args.threshold, methods)
     ]
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = [
@@ -210,13 +210,7 @@ def flops_main(argv: list[str]) -> int:
     batch = prompt_batch(tokenizer, 1, model.device)
     for method in args.methods.split(","):
         for target in (float(t) for t in args.targets.split(",") if t):
-            policy = SkipPolicy(
-                method=method,
-                target_skip=target,
-                threshold=args.threshold,
-                warmup=0,
-                horizon=max(args.new_tokens - 1, 1),  # skipdecode's mean over the run is its count
-            )
+            policy = SkipPolicy(method=method, target_skip=target, threshold=args.threshold, warmup=0)
             policy = with_calibration(policy, model, tokenizer)
             frequency = skip_frequency(model, batch, policy, args.new_tokens)
             patterns[f"{method}-{target:g}"] = (frequency, method in LAYER_METHODS)

@@ -19,6 +19,7 @@ layer's attention has been queued, so on a GPU the read overlaps attention work.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -186,11 +187,17 @@ def generate_fixed(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens:
         return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
 
+def spanning(policy: SkipPolicy, new_tokens: int) -> SkipPolicy:
+    """``policy`` for a generation of ``new_tokens``: skipdecode's schedule spans its decoding
+    steps (the prefill emits the first token), so the run's mean is the per-token count."""
+    return dataclasses.replace(policy, horizon=max(new_tokens - 1, 1))
+
+
 def generation_stats(
     model: nn.Module, batch: dict[str, torch.Tensor], policy: SkipPolicy, new_tokens: int
 ) -> dict[str, object]:
     """``SkipStats.summary()`` of one ``generate_fixed`` run with ``policy`` attached."""
-    with attach(model, policy) as engine:
+    with attach(model, spanning(policy, new_tokens)) as engine:
         generate_fixed(model, batch, new_tokens)
     return engine.stats.summary()
 

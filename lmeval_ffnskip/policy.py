@@ -35,6 +35,7 @@ A *token* is one position processed by the model. Per token:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import statistics
 from dataclasses import dataclass
 
@@ -336,8 +337,7 @@ class SpreadRule:
         self.n_eligible = int(eligible.sum())
         self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
         self.skip_count = [0] * layout.n_layers
-        self.level = [mean + SPREAD_Z * std for mean, std in policy.calibration]
-        self.group = {layer: group for group in layout.groups() for layer in group}
+        self.level, self.group = _spread_tables(layout, policy.calibration)
         self.checking: list[int] = []
         self._current: list[int] | None = None  # the group of the last grouped layer entered
         self._armed: set[int] = set()
@@ -377,6 +377,16 @@ class SpreadRule:
     def never_fired(self) -> int:
         """Eligible tokens all of whose skips fell to a group's last layer."""
         return len(self.rows) - len(self._fired)
+
+
+@functools.lru_cache(maxsize=16)
+def _spread_tables(
+    layout: LayerLayout, calibration: tuple[tuple[float, float], ...]
+) -> tuple[tuple[float, ...], dict[int, list[int]]]:
+    """``spread``'s per-layer levels and layer -> group map, worked out once per model and policy
+    rather than in every forward pass (read-only: shared by the passes)."""
+    levels = tuple(mean + SPREAD_Z * std for mean, std in calibration)
+    return levels, {layer: group for group in layout.groups() for layer in group}
 
 
 def token_rule(
