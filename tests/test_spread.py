@@ -9,7 +9,7 @@ from test_engine import _count_ffn_rows, _ids
 
 from lmeval_ffnskip.calibrate import similarities
 from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.policy import SkipPolicy, _position_hash
 
 N_LAYERS = 12
 
@@ -20,19 +20,23 @@ def _policy(calibration: tuple[tuple[float, float], ...], **kw: object) -> SkipP
 
 
 def _measured_calibration(model: torch.nn.Module) -> tuple[tuple[float, float], ...]:
-    """The tiny model's own per-layer similarity (mean, std): decisions then differ per token."""
+    """The tiny model's own per-layer similarity (mean, std), the means raised by two std so that
+    levels are reached rarely enough that some tokens never reach one: decisions differ per token."""
     ids = _ids(4, 8, seed=3)
     cos = similarities(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 16)
-    return tuple(zip(cos.mean(0).tolist(), cos.std(0).tolist(), strict=True))
+    return tuple((m + 2 * s, s) for m, s in zip(cos.mean(0).tolist(), cos.std(0).tolist(), strict=True))
 
 
 @torch.no_grad()
-def test_one_skip_per_group_at_the_first_or_last_layer_by_level():
+def test_one_skip_per_group_of_the_tokens_cut_at_the_first_or_last_layer_by_level():
     model = tiny_model("llama", n_layers=N_LAYERS)
-    always = _policy(((-5.0, 0.1),) * N_LAYERS)  # every similarity reaches its level
-    never = _policy(((5.0, 0.1),) * N_LAYERS)  # none does
+    # a seed under which positions 2..9 (the eligible ones) include cut offsets 0 and 1
+    seed = next(s for s in range(1000) if {_position_hash(s, p) % 9 for p in range(2, 10)} >= {0, 1})
+    always = _policy(((-5.0, 0.1),) * N_LAYERS, seed=seed)  # every similarity reaches its level
+    never = _policy(((5.0, 0.1),) * N_LAYERS, seed=seed)  # none does
     assert always.layout(N_LAYERS).groups() == [[2, 3, 4], [5, 6, 7], [8, 9, 10]]
-    patterns = {}
+    # offset 1 rotates the groups by one layer: {3, 4, 5}, {6, 7, 8}, {9, 10, 2}
+    expected = {"always": {0: [2, 5, 8], 1: [2, 4, 6]}, "never": {0: [4, 7, 10], 1: [5, 8, 10]}}
     for name, policy in (("always", always), ("never", never)):
         rows = _count_ffn_rows(model)
         with attach(model, policy, record=True) as engine:
@@ -40,11 +44,17 @@ def test_one_skip_per_group_at_the_first_or_last_layer_by_level():
         skip = engine.history[0]
         assert not skip[:, :2].any() and (skip[:, 2:].sum(-1) == 3).all()
         assert sum(rows) == engine.stats.tokens * N_LAYERS - engine.stats.skipped  # no FFN work
-        patterns[name] = (skip[0, 2].nonzero().squeeze(1).tolist(), engine.stats.summary())
-    # high at the layer before a group: its first FFN is skipped; never high: its last one
-    assert patterns["always"][0] == [2, 5, 8] and patterns["always"][1]["never_reached_threshold"] == 0
-    assert patterns["never"][0] == [4, 7, 10] and patterns["never"][1]["never_reached_threshold"] == 1
-    assert patterns["never"][1]["skip_ratio_eligible"] == 3 / N_LAYERS
+        seen = {}
+        for pos in range(2, 10):
+            offset = _position_hash(seed, pos) % 9
+            layers = skip[0, pos].nonzero().squeeze(1).tolist()
+            assert skip[1, pos].nonzero().squeeze(1).tolist() == layers  # same position, same cut
+            seen.setdefault(offset, layers)
+            assert seen[offset] == layers
+        assert {o: seen[o] for o in (0, 1)} == expected[name]
+        assert engine.stats.summary()["never_reached_threshold"] == (1 if name == "never" else 0)
+    # tokens at different positions skip different layers: no FFN is dropped for every token
+    assert len({tuple(v) for v in seen.values()}) > 1
 
 
 def test_hot_layers_always_run_and_calibration_is_required():
