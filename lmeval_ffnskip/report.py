@@ -173,6 +173,21 @@ def flops_tables(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def fidelity_tables(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per model: ``fidelity.json``'s teacher-forced agreement with dense and perplexity per
+    method and ratio, beside that configuration's batch-1 decode speed from ``bench.json``."""
+    out = []
+    for model, group in _by_model(runs).items():
+        fidelity = group[0].extras.get("fidelity")
+        if not fidelity:
+            continue
+        bench = (group[0].extras.get("bench") or {}).get("rows", [])
+        speed = {r["config"]: r for r in sorted(bench, key=lambda r: -r["batch_size"])}  # smallest wins
+        rows = [{**r, "bench": speed.get(r["name"], {})} for r in fidelity["rows"]]
+        out.append({"model": model, "source": fidelity["source"], "shape": fidelity["shape"], "rows": rows})
+    return out
+
+
 def warmup_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Score against warm-up length (Figure 5), where runs differ in ``warmup`` only."""
     charts = []
@@ -258,6 +273,7 @@ def build(runs: list[Run], source: str) -> dict[str, Any]:
         "pareto": pareto(runs),
         "layers": layer_charts(runs),
         "flops": flops_tables(runs),
+        "fidelity": fidelity_tables(runs),
         "warmup": warmup_charts(runs),
         "worst_case": worst_case(runs),
         "samples": samples(runs),

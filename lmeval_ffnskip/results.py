@@ -29,7 +29,7 @@ RAW_METRICS = (
     "bits_per_byte",
 )
 NAMED_ARGS = ("method", "target_skip", "pretrained")  # model_args not spelled out in a cell name
-EXTRAS = ("flops", "bench", "calibrate")  # per-model measurement files beside the cell folders
+EXTRAS = ("flops", "bench", "calibrate", "fidelity")  # per-model measurement files beside the cell folders
 
 
 class ResultsError(ValueError):

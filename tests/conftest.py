@@ -104,13 +104,15 @@ limit: 3
 batch_size: 3
 flops: {context: 32, targets: [0.25], new_tokens: 4}
 bench: {batch_sizes: [1], new_tokens: 4, reps: 1, targets: [0.25], methods: [ffnskip, static]}
+fidelity: {methods: [ffnskip, static], targets: [0.25], sequences: 2, length: 40, warmup: 16}
 """
 
 
 @pytest.fixture(scope="session")
 def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished real sweep (read-only for tests): dense, ffnskip-0.25 and static-0.25 on
-    SmolLM2, FreebaseQA limit 3, with FLOPs and a (timing-noise sized) bench."""
+    SmolLM2, FreebaseQA limit 3, with FLOPs, a (timing-noise sized) bench and teacher-forced
+    fidelity on 2 WikiText-2 sequences."""
     from lmeval_ffnskip.cli import main
 
     root = tmp_path_factory.mktemp("sweep")
