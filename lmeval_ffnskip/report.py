@@ -183,7 +183,10 @@ def fidelity_tables(runs: list[Run]) -> list[dict[str, Any]]:
             continue
         bench = (group[0].extras.get("bench") or {}).get("rows", [])
         speed = {r["config"]: r for r in sorted(bench, key=lambda r: -r["batch_size"])}  # smallest wins
-        rows = [{**r, "bench": speed.get(r["name"], {})} for r in fidelity["rows"]]
+        rows = [
+            {**r, **{k: speed.get(r["name"], {}).get(k) for k in ("tokens_per_s", "speedup")}}
+            for r in fidelity["rows"]
+        ]
         out.append({"model": model, "source": fidelity["source"], "shape": fidelity["shape"], "rows": rows})
     return out
 

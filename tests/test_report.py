@@ -37,10 +37,11 @@ def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
     # fidelity.json's rows, each beside its configuration's batch-1 decode speed
     (fidelity,) = build(runs, str(sweep_dir))["fidelity"]
     measured = json.loads((sweep_dir / "smollm2-135m" / "fidelity.json").read_text())["rows"]
-    assert [r["name"] for r in fidelity["rows"]] == ["dense", "ffnskip-0.25", "static-0.25"]
+    assert [r["name"] for r in fidelity["rows"]] == ["dense", "ffnskip-0.25", "static-0.25", "random-0.25"]
     assert [r["top1_agreement"] for r in fidelity["rows"]] == [r["top1_agreement"] for r in measured]
     assert fidelity["rows"][0]["top1_agreement"] == 1.0 and fidelity["rows"][1]["top1_agreement"] < 1.0
-    assert fidelity["rows"][2]["bench"]["tokens_per_s"] == by_cell["static-0.25"]["tokens_per_s"]
+    assert fidelity["rows"][2]["tokens_per_s"] == by_cell["static-0.25"]["tokens_per_s"]
+    assert fidelity["rows"][3]["tokens_per_s"] is None  # random was not benched: left blank
 
 
 def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
@@ -88,7 +89,7 @@ def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
     assert any("FLOPs per token" in t for t in titles)
     assert all(c["width"] > 100 and c["marks"] > 0 for c in charts), charts
     assert first in ("ffnskip-0.25", "static-0.25")
-    assert "Fidelity to the dense model" in html and "static-0.25" in html.split('id="fidelity"')[1]
+    assert "Fidelity to the dense model" in html and "random-0.25" in html.split('id="fidelity"')[1]
 
 
 def _edit(path: Path, change: callable) -> None:
