@@ -52,11 +52,13 @@ def mask_layers(config: object, n_layers: int) -> set[int]:
 @dataclass(frozen=True)
 class LayerPlan:
     """Which layers a layer-skip method skips: ``order`` in the order they go, ``per_token`` (n)
-    the number skipped per eligible token (skipdecode: the mean over its first ``horizon`` steps)."""
+    the number skipped per eligible token (skipdecode: the mean over its first ``horizon`` steps),
+    ``ffn_share`` the FFN's share of a layer's weight matrices (a layer is 1 / ffn_share FFNs)."""
 
     method: str
     per_token: int
     order: tuple[int, ...]
+    ffn_share: float
 
     def counts(self, since: torch.Tensor, policy: SkipPolicy) -> torch.Tensor:
         """Layers skipped (the first ``counts`` of ``order``) by tokens ``since`` steps from where
@@ -101,7 +103,7 @@ def plan(model: nn.Module, policy: SkipPolicy) -> tuple[LayerLayout, LayerPlan]:
             f"(FFN share of a layer {share:.2f}), but method={policy.method} can skip at most {room} "
             f"{where}; lower target_skip"
         )
-    return layout, LayerPlan(policy.method, n, order)
+    return layout, LayerPlan(policy.method, n, order, share)
 
 
 class LayerSkipEngine:

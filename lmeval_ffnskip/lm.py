@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from . import LAYER_METHODS
 from .adapters import ffn_sites
 from .checkpoints import DEFAULT_MODEL, resolve
 from .conversation import converse, is_conversation
@@ -167,6 +168,8 @@ class FFNSkipLM(HFLM):
             "policy": dataclasses.asdict(self.policy),
             "profile": self.profile,
             "layout": dataclasses.asdict(self.engine.layout),
+            # layer methods: the FFN's share of a layer's weights (a skipped layer = 1/share FFNs)
+            "ffn_share": self.engine.plan.ffn_share if self.policy.method in LAYER_METHODS else None,
             "stats": stats,
             "skipped_anything": bool(stats["skipped"]),
         }

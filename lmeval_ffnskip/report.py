@@ -12,11 +12,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import svg
+from . import LAYER_METHODS, svg
 from .results import Run, bench_row, finite, flops_per_token
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
+X_SKIP = "FFN blocks skipped, % of eligible (whole layers in FFN-equivalents)"
 
 
 def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
@@ -73,6 +74,14 @@ def _hardware(run: Run) -> str:
     return f"{env['device']} ({env['threads']} threads)"
 
 
+def ffn_equivalent(run: Run) -> float:
+    """The run's skip ratio in FFN blocks: a layer method's share of whole layers over the FFN's
+    share of a layer's weights (the compute its target matches); runs that predate the recorded
+    share stay at their share of layers."""
+    share = run.ffnskip.get("ffn_share") if run.method in LAYER_METHODS else None
+    return run.skip_ratio / share if share else run.skip_ratio
+
+
 def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
     """Per model and task: score against achieved skip ratio, one line per method (dense at 0)."""
     charts = []
@@ -85,7 +94,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
                 sorted((r for r in group if r.method != "dense"), key=lambda r: r.method),
                 key=lambda r: r.method,
             ):
-                pts = [(100 * r.skip_ratio, r.scores[task].value) for r in members
+                pts = [(100 * ffn_equivalent(r), r.scores[task].value) for r in members
                        if task in r.scores and finite(r.skip_ratio)]  # fmt: skip
                 if dense and task in dense.scores:
                     pts.append((0.0, dense.scores[task].value))
@@ -94,7 +103,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
                 series.append((method, pts))
             metric = next(r.scores[task].metric for r in group if task in r.scores)
             title = f"{model}: {task} ({metric}) vs FFN skip ratio"
-            if chart := svg.line_chart(title, series, "FFN blocks skipped (% of eligible)", metric):
+            if chart := svg.line_chart(title, series, X_SKIP, metric):
                 charts.append({"title": title, "svg": chart})
     return charts
 

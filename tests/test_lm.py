@@ -109,6 +109,7 @@ def test_layer_skip_baselines_run_through_lm_eval(task_manager, caplog):
     pruned = _evaluate("ffnskip", "method=shortgpt,target_skip=0.25", ["tiny_mc"], task_manager)
     info = pruned["config"]["ffnskip"]
     assert info["layout"]["k"] == 6 and info["stats"]["skip_ratio_all"] == pytest.approx(0.2)
+    assert info["ffn_share"] == pytest.approx(0.75, abs=0.01)  # the report plots 6 layers at 8 FFNs
     assert sorted(set(info["stats"]["layer_skip_frequency"])) == [0.0, 1.0]
     with caplog.at_level(logging.WARNING):
         scored = _evaluate("ffnskip", "method=skipdecode,target_skip=0.25", ["tiny_mc"], task_manager)

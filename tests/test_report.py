@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.report import build
-from lmeval_ffnskip.results import load_runs
+from lmeval_ffnskip.report import build, ffn_equivalent
+from lmeval_ffnskip.results import Run, load_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -190,3 +190,13 @@ def test_plain_lm_eval_output_folders(sweep_dir, tmp_path):
     rows = build(runs, "out")["rows"]
     assert rows[1]["skip"] == pytest.approx(8 / 30) and rows[1]["scores"]["freebaseqa"]["delta"] is not None
     assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "r.html")]) == 0
+
+
+def test_layer_methods_are_plotted_in_ffn_equivalents():
+    def run(method: str, info: dict) -> Run:
+        stats = {"stats": {"skip_ratio_eligible": 0.2}}
+        return Run("m", f"{method}-0.25", method, 0.25, Path("."), {}, {**stats, **info}, {}, {}, None, None)
+
+    assert ffn_equivalent(run("shortgpt", {"ffn_share": 0.75})) == pytest.approx(0.2 / 0.75)
+    assert ffn_equivalent(run("static", {"ffn_share": None})) == 0.2
+    assert ffn_equivalent(run("skipdecode", {})) == 0.2  # a run from before the share was recorded
