@@ -144,7 +144,8 @@ class SkipEngine:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger.
 
         Two device ops (stack, bmm) and one small copy; the cosine and the threshold are
-        worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed.
+        worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The rule's
+        ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
         n, rows = rule.n, rule.checking
         h, out = self._h.reshape(n, -1), y.reshape(n, -1)

@@ -190,12 +190,10 @@ def fidelity_tables(runs: list[Run]) -> list[dict[str, Any]]:
         fidelity = group[0].extras.get("fidelity")
         if not fidelity:
             continue
-        bench = (group[0].extras.get("bench") or {}).get("rows", [])
-        speed = {r["config"]: r for r in sorted(bench, key=lambda r: -r["batch_size"])}  # smallest wins
-        rows = [
-            {**r, **{k: speed.get(r["name"], {}).get(k) for k in ("tokens_per_s", "speedup")}}
-            for r in fidelity["rows"]
-        ]
+        rows = []
+        for row in fidelity["rows"]:
+            bench = bench_row(group[0], row["name"]) or {}
+            rows.append({**row, "tokens_per_s": bench.get("tokens_per_s"), "speedup": bench.get("speedup")})
         out.append({"model": model, "source": fidelity["source"], "shape": fidelity["shape"], "rows": rows})
     return out
 

@@ -200,12 +200,13 @@ def load_runs(root: Path) -> list[Run]:
     )
 
 
-def bench_row(run: Run) -> dict[str, Any] | None:
-    """The decode-speed row of ``bench.json`` measured for this run's configuration (batch 1 first)."""
+def bench_row(run: Run, config: str | None = None) -> dict[str, Any] | None:
+    """The decode-speed row of ``bench.json`` beside ``run`` measured for ``config`` (default: the
+    run's own configuration), at the smallest batch size measured."""
     bench = run.extras.get("bench")
     if not bench:
         return None
-    name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
+    name = config or ("dense" if run.method == "dense" else f"{run.method}-{run.target:g}")
     rows = sorted((r for r in bench["rows"] if r["config"] == name), key=lambda r: r["batch_size"])
     return rows[0] if rows else None
 

@@ -53,6 +53,7 @@ def test_one_skip_per_group_of_the_tokens_cut_at_the_first_or_last_layer_by_leve
             assert seen[offset] == layers
         assert {o: seen[o] for o in (0, 1)} == expected[name]
         assert engine.stats.summary()["never_reached_threshold"] == (1 if name == "never" else 0)
+        assert engine.stats.summary()["skip_ratio_eligible"] == 3 / N_LAYERS
     # tokens at different positions skip different layers: no FFN is dropped for every token
     assert len({tuple(v) for v in seen.values()}) > 1
 
