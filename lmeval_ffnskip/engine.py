@@ -36,11 +36,11 @@ from .policy import (
     PassTokens,
     RandomDraws,
     SkipPolicy,
-    SpreadRule,
     StepCounter,
     TokenRule,
     token_rule,
 )
+from .spread import SpreadRule
 from .stats import SkipStats
 
 

@@ -1,4 +1,4 @@
-"""The skip policy: which token skips which FFN block. Everything that defines a "skip" is here.
+"""The skip policy: which token skips which FFN block (``spread``'s rule lives in ``spread.py``).
 
 A *token* is one position processed by the model. Per token:
 
@@ -14,18 +14,9 @@ A *token* is one position processed by the model. Per token:
      cosine similarity of the residual stream before and after it, cos(h, h + FFN(h)), is
      measured; once it reaches ``threshold`` the FFNs of the next k non-cold layers are
      skipped, which spends the token's budget.
-   - ``spread`` (ours; the paper's rule made to work on small models, see README): the
-     non-cold layers are cut into k groups and the token skips one FFN per group, so skips
-     are spread over the depth rather than packed after one trigger. Each token's cut is the
-     cut into contiguous groups rotated along the layers by an offset drawn from its position
-     (the last group wraps round), so tokens skip different layers: a cut shared by every
-     token puts its fallbacks on the same layers and amounts to pruning them, which costs far
-     more. Inside a group the skip goes to the FFN right after one whose similarity reached
-     that layer's own calibrated level (mean + ``SPREAD_Z`` std over calibration text:
-     thresholds relative to each layer's distribution, not one global value), else to the
-     group's last FFN. Layers whose calibrated mean lies far below the typical layer's ("hot",
-     like the cold ends) always run. Needs ``calibration`` (per-layer mean and std, from
-     ``ffnskip calibrate``).
+   - ``spread`` (ours; the paper's trigger made to work on small models): one skip per group
+     of non-cold layers, each token with its own cut, placed by per-layer calibrated levels:
+     see ``spread.py``.
    - ``random`` (the paper's Baseline 1): k FFNs skipped at random among all layers.
    - ``static`` (the paper's Baseline 2): k FFNs skipped at random among the non-cold layers.
    - ``dense``: nothing is skipped.
@@ -39,24 +30,14 @@ A *token* is one position processed by the model. Per token:
 from __future__ import annotations
 
 import dataclasses
-import functools
-import statistics
 from dataclasses import dataclass
 
 import torch
 
 from . import LAYER_METHODS, METHODS
+from .spread import SpreadRule, hot_layers
 
 RANDOM_METHODS = ("random", "static")
-SPREAD_Z = 0.0  # spread: a layer's similarity is high from its calibrated mean + SPREAD_Z std
-_MASK64 = (1 << 64) - 1
-
-
-def hot_layers(mean: list[float], std: list[float]) -> list[int]:
-    """Layers whose mean similarity lies more than two typical spreads below the typical
-    layer's (medians over layers): their FFN changes the residual most."""
-    level = statistics.median(mean) - 2 * statistics.median(std)
-    return [i for i, m in enumerate(mean) if m < level]
 
 
 def default_cold(n_layers: int) -> int:
@@ -325,120 +306,6 @@ class TokenRule:
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
         return self._never + len(self.checking)
-
-
-class SpreadRule:
-    """``spread``'s decisions for the N tokens of one forward pass, made layer by layer.
-
-    Same interface as ``TokenRule``. Each eligible row owes one skip to every group of its cut
-    (``SpreadCut``); at a layer of a group it still owes, it skips when the previous layer's
-    similarity reached that layer's calibrated level (``measured``), or when the layer is the
-    group's last. Rows are handled per cut, so the host work per layer is a few set operations
-    per cut in use (one at batch 1).
-    """
-
-    def __init__(
-        self, policy: SkipPolicy, layout: LayerLayout, eligible: torch.Tensor, positions: torch.Tensor
-    ) -> None:
-        assert policy.calibration is not None  # checked by SkipPolicy.layout
-        self.n = eligible.numel()
-        rows: list[int] = eligible.nonzero().squeeze(1).tolist() if layout.k else []
-        self.n_eligible = int(eligible.sum())
-        self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
-        self.skip_count = [0] * layout.n_layers
-        self.level, cuts = _spread_tables(layout, policy.calibration)
-        by_cut: dict[int, list[int]] = {}
-        for row, pos in zip(rows, positions[rows].tolist(), strict=True):
-            by_cut.setdefault(_position_hash(policy.seed, pos) % len(cuts), []).append(row)
-        self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
-        self.checking: list[int] = []
-        self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
-        self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
-
-    def enter(self, layer: int) -> None:
-        """Skip ``layer`` for the rows it falls to; choose the rows to measure after it."""
-        skipping: list[int] = []
-        self.checking = []
-        for cut in self._cuts:
-            cut.enter(layer, self._high, skipping, self.checking)
-        if len(self._cuts) > 1:
-            self.checking.sort()  # the engine reads all N rows' similarities in row order
-        if skipping:
-            self._fired.update(r for r in skipping if r in self._high)
-            self.skip[skipping, layer] = True
-            self.skip_count[layer] += len(skipping)
-        self._high = set()
-
-    def checks_at(self, layer: int) -> bool:
-        return bool(self.checking)
-
-    def measured(self, layer: int, rows: list[int], cosines: list[float]) -> None:
-        """cos(h, h + FFN) of ``rows`` at ``layer``: those at or above its level may skip next."""
-        level = self.level[layer]
-        self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
-
-    def never_fired(self) -> int:
-        """Eligible tokens all of whose skips fell to a group's last layer."""
-        return sum(len(cut.rows) for cut in self._cuts) - len(self._fired)
-
-
-@dataclass(frozen=True)
-class SpreadCut:
-    """One way of cutting ``spread``'s layers into groups: layer -> (group, is the group's last)."""
-
-    group_of: dict[int, tuple[int, bool]]
-    n_groups: int
-
-
-class _RowsOfCut:
-    """The rows of one pass that share a cut, and the groups each still owes a skip."""
-
-    def __init__(self, cut: SpreadCut, rows: list[int]) -> None:
-        self.cut, self.rows = cut, rows
-        self.owing = [set(rows) for _ in range(cut.n_groups)]
-
-    def enter(self, layer: int, high: set[int], skipping: list[int], checking: list[int]) -> None:
-        """Append the rows skipping ``layer`` and those to measure after it."""
-        here = self.cut.group_of.get(layer)
-        skipped: list[int] = []
-        if here is not None:
-            group, last = here
-            owing = self.owing[group]
-            skipped = [r for r in self.rows if r in owing and (last or r in high)]
-            owing.difference_update(skipped)
-            skipping += skipped
-        after = self.cut.group_of.get(layer + 1)
-        if after is not None and not after[1]:  # the next layer is a choice, not forced
-            owing, done = self.owing[after[0]], set(skipped)
-            checking += [r for r in self.rows if r in owing and r not in done]
-
-
-@functools.lru_cache(maxsize=16)
-def _spread_tables(
-    layout: LayerLayout, calibration: tuple[tuple[float, float], ...]
-) -> tuple[tuple[float, ...], tuple[SpreadCut, ...]]:
-    """``spread``'s per-layer levels and its cuts: ``LayerLayout.groups()`` rotated by each
-    possible offset along the layers it skips (group members need not be contiguous once the
-    last group wraps round). Worked out once per model and policy, read-only."""
-    levels = tuple(mean + SPREAD_Z * std for mean, std in calibration)
-    groups = layout.groups()
-    layers = [layer for group in groups for layer in group]
-    base = [g for g, group in enumerate(groups) for _ in group]
-    cuts = []
-    for offset in range(len(layers)):
-        group_of = {layer: base[(i - offset) % len(layers)] for i, layer in enumerate(layers)}
-        lasts = {g: max(layer for layer, h in group_of.items() if h == g) for g in range(len(groups))}
-        cuts.append(SpreadCut({layer: (g, lasts[g] == layer) for layer, g in group_of.items()}, len(groups)))
-    return levels, tuple(cuts)
-
-
-def _position_hash(seed: int, position: int) -> int:
-    """A well-mixed 64-bit integer of (seed, position) (splitmix64): per-position draws that
-    need no table and do not depend on which positions a pass holds."""
-    x = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
 
 
 def token_rule(

@@ -9,7 +9,8 @@ from test_engine import _count_ffn_rows, _ids
 
 from lmeval_ffnskip.calibrate import similarities
 from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.policy import SkipPolicy, _position_hash
+from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.spread import _position_hash
 
 N_LAYERS = 12
 
