@@ -5,11 +5,12 @@
 - a pre-hook on the decoder stack works out, per forward pass, which tokens are real,
   their positions, and which are eligible (``policy.py``);
 - in the layers the method can touch (``LayerLayout.checked`` / ``skippable``; no other layer
-  is hooked), the FFN input norm's ``forward`` is wrapped to keep the residual stream ``h``
-  where similarity is measured, and ``mlp.forward`` is wrapped: rows that skip get a zero
-  FFN output (so the layer's ``h + out`` is exactly ``h``) and are never fed to the FFN;
-  rows that run are gathered when only some do. After the FFN, the similarity of ``h`` and
-  ``h + out`` is measured for the tokens still looking for their trigger.
+  is hooked), the FFN block's modules are wrapped: the input norm keeps the residual stream
+  ``h`` where similarity is measured; ``mlp`` gives rows that skip a zero output (so the
+  layer's ``h + out`` is exactly ``h``) and never feeds them to the FFN, gathering the rows
+  that run when only some do; when every row skips, the norms around the FFN do not run
+  either. After the FFN, the similarity of ``h`` and ``h + out`` is measured for the tokens
+  still looking for their trigger.
 
 A pass with no eligible token (prompt, warm-up) goes straight through the stock modules.
 Attention is untouched, so every layer's KV cache holds every position. The only host
@@ -71,10 +72,11 @@ class SkipEngine:
         patches.hook(self.decoder.register_forward_hook(self._end))
         checked, skippable = self.layout.checked, self.layout.skippable
         for site in self.sites:
-            if site.index in checked:
-                patches.patch(site.in_norm, partial(self._keep_residual, site.in_norm.forward))
             if site.index in checked or site.index in skippable:
+                patches.patch(site.in_norm, partial(self._ffn_input, site, site.in_norm.forward))
                 patches.patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
+                if site.out_norm is not None:
+                    patches.patch(site.out_norm, partial(self._ffn_output, site, site.out_norm.forward))
 
     def remove(self) -> None:
         """Undo ``install``."""
@@ -109,10 +111,19 @@ class SkipEngine:
             self.history.append(rule.skip.view(*self._shape, -1))
 
     # -- per layer ----------------------------------------------------------------------
-    def _keep_residual(
-        self, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
+    def _ffn_input(
+        self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
     ) -> torch.Tensor:
-        """Keep the FFN's input residual stream for the similarity check."""
+        """The FFN's input norm: settle the queued decisions, enter the layer, keep ``h`` for the
+        similarity check; when every row skips the block, return ``h`` without norming it."""
+        rule = self._rule
+        if rule is None:  # nothing eligible in this pass, or called outside a decoder pass
+            return forward(h)
+        if self._pending is not None:
+            self._resolve(rule)
+        rule.enter(site.index)
+        if rule.skip_count[site.index] == rule.n:
+            return h  # the FFN will not read it
         self._h = h
         return forward(h)
 
@@ -120,12 +131,9 @@ class SkipEngine:
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
         rule = self._rule
-        if rule is None:  # nothing eligible in this pass, or called outside a decoder pass
+        if rule is None:
             return forward(x)
-        if self._pending is not None:
-            self._resolve(rule)
         layer, n = site.index, rule.n
-        rule.enter(layer)
         n_skip = rule.skip_count[layer]
         if n_skip == 0:
             y = forward(x)
@@ -136,23 +144,38 @@ class SkipEngine:
             keep = (~rule.skip[:, layer]).nonzero().squeeze(1).to(x.device, non_blocking=True)
             out = forward(flat.index_select(0, keep))
             y = flat.new_zeros(n, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
-        if rule.checks_at(layer):
-            self._measure(site, rule, y)
+        if site.out_norm is None and rule.checks_at(layer):
+            self._measure(layer, rule, y)
         return y
 
-    def _measure(self, site: FFNSite, rule: TokenRule | SpreadRule, y: torch.Tensor) -> None:
-        """Queue the Gram matrix of (h, block) for the rows still looking for a trigger.
+    def _ffn_output(
+        self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor
+    ) -> torch.Tensor:
+        """The FFN's output norm (Gemma): a block every row skips is zero and stays zero; the
+        similarity is measured on the normed output, the block's contribution to ``h``."""
+        rule = self._rule
+        if rule is None:
+            return forward(y)
+        if rule.skip_count[site.index] == rule.n:
+            return y
+        block = forward(y)
+        if rule.checks_at(site.index):
+            self._measure(site.index, rule, block)
+        return block
+
+    def _measure(self, layer: int, rule: TokenRule | SpreadRule, block: torch.Tensor) -> None:
+        """Queue the Gram matrix of (h, block) for the rows still looking for a trigger, where
+        ``block`` is what the FFN block adds to the residual stream ``h``.
 
         Two device ops (stack, bmm) and one small copy; the cosine and the threshold are
         worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The rule's
         ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
         n, rows = rule.n, rule.checking
-        h, out = self._h.reshape(n, -1), y.reshape(n, -1)
+        h, block = self._h.reshape(n, -1), block.reshape(n, -1)
         if len(rows) < n:
             idx = torch.tensor(rows).to(h.device, non_blocking=True)
-            h, out = h.index_select(0, idx), out.index_select(0, idx)
-        block = site.out_norm(out) if site.out_norm is not None else out
+            h, block = h.index_select(0, idx), block.index_select(0, idx)
         pair = torch.stack((h, block), dim=-2).float()
         gram = torch.bmm(pair, pair.mT)
         event = None
@@ -160,7 +183,7 @@ class SkipEngine:
             gram = gram.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._pending = (site.index, rows, gram, event)  # measured() replaces, never mutates, checking
+        self._pending = (layer, rows, gram, event)  # measured() replaces, never mutates, checking
 
     def _resolve(self, rule: TokenRule | SpreadRule) -> None:
         """Apply the queued trigger decisions (the one host sync of a check)."""

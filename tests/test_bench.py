@@ -35,3 +35,34 @@ def test_decode_speed_rows_and_ideal():
     assert by["dense"]["share_of_ideal"] is None
     assert 0 < by["ffnskip-0.25"]["skip_ratio"] <= 0.25
     assert by["hf"]["vs_hf"] == 1.0
+
+
+def _row(config: str, step_ms: list[float], skip: float, method: str = "ffnskip") -> dict:
+    return {
+        "config": config,
+        "method": method,
+        "batch_size": 1,
+        "skip_ratio": skip,
+        "decode_seconds": sum(step_ms) / 1000,
+        "latency_ms_p10": min(step_ms),
+        "latency_ms_p50": sorted(step_ms)[len(step_ms) // 2],
+    }
+
+
+def test_speedup_statistics():
+    """A stall in one run moves the run-level figure; the per-step statistics see through it."""
+    rows = [
+        _row("dense", [10, 10, 10, 10, 50], 0.0, "dense"),
+        _row("skip-all", [6, 6, 6, 6, 6], 1.0, "random"),
+        _row("ffnskip-0.5", [8, 8, 8, 8, 8], 0.5),
+    ]
+    add_ideal(rows, "p50")
+    by = {r["config"]: r for r in rows}
+    assert by["skip-all"]["speedup"] == pytest.approx(10 / 6)
+    assert by["ffnskip-0.5"]["ideal_speedup"] == pytest.approx(10 / 8)
+    assert by["ffnskip-0.5"]["share_of_ideal"] == pytest.approx(1.0)
+    assert {r["speed_stat"] for r in rows} == {"p50"}
+    add_ideal(rows, "run")
+    assert by["ffnskip-0.5"]["speedup"] == pytest.approx(90 / 40)  # the stall counts here
+    with pytest.raises(ValueError, match="p10"):
+        add_ideal(rows, "mean")

@@ -29,6 +29,23 @@ def _count_ffn_rows(model: torch.nn.Module) -> list[int]:
     return counts
 
 
+def _count_norm_rows(model: torch.nn.Module, which: str) -> list[int]:
+    """Rows each layer's FFN ``in_norm`` or ``out_norm`` really norms: its class's ``forward`` is
+    counted (a hook would also count calls the engine answers without running the norm)."""
+    counts = [0] * len(ffn_sites(model)[1])
+    width = model.config.hidden_size
+    for site in ffn_sites(model)[1]:
+        norm = getattr(site, which)
+        stock = type(norm)
+
+        def forward(self, x, *args, i=site.index, stock=stock, **kwargs):
+            counts[i] += x.numel() // width
+            return stock.forward(self, x, *args, **kwargs)
+
+        norm.__class__ = type(f"Counted{stock.__name__}", (stock,), {"forward": forward})
+    return counts
+
+
 @torch.no_grad()
 def test_dense_and_unreachable_threshold_are_bit_exact(arch_model):
     ids = _ids(2)
@@ -46,6 +63,8 @@ def test_dense_and_unreachable_threshold_are_bit_exact(arch_model):
 def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
     policy = SkipPolicy(threshold=-1.0, warmup=2, target_skip=0.25)  # fires at every chance
     rows = _count_ffn_rows(arch_model)
+    normed = _count_norm_rows(arch_model, "in_norm")
+    out_normed = _count_norm_rows(arch_model, "out_norm") if ffn_sites(arch_model)[1][0].out_norm else None
     attn_calls = [0] * len(rows)
     for i, layer in enumerate(arch_model.get_decoder().layers):
         layer.self_attn.register_forward_pre_hook(
@@ -62,6 +81,8 @@ def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
     assert stats.tokens == 12 + 7 and stats.eligible == 7 - 2
     assert stats.skipped == stats.eligible * engine.layout.k > 0
     assert sum(rows) == stats.tokens * n_layers - stats.skipped
+    assert normed == rows  # at batch 1 a skipped block's norms do not run either
+    assert out_normed is None or out_normed == rows
     assert attn_calls == [8] * n_layers  # one prefill + 7 decoding steps, every layer
     full = [
         i
