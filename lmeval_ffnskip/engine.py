@@ -14,8 +14,8 @@
 
 A pass with no eligible token (prompt, warm-up) goes straight through the stock modules.
 Attention is untouched, so every layer's KV cache holds every position. The only host
-reads are the trigger decisions, and each is read at the next layer's FFN, after that
-layer's attention has been queued, so on a GPU the read overlaps attention work.
+reads are the trigger decisions, each read at the next hooked layer's FFN input norm, after
+that layer's attention has been queued, so on a GPU the read overlaps attention work.
 """
 
 from __future__ import annotations
