@@ -108,7 +108,7 @@ class SkipEngine:
         stats.never_fired += rule.never_fired()
         stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, rule.skip_count, strict=True)]
         if self.history is not None:
-            self.history.append(rule.skip.view(*self._shape, -1))
+            self.history.append(rule.mask().view(*self._shape, -1))
 
     # -- per layer ----------------------------------------------------------------------
     def _ffn_input(
@@ -141,7 +141,7 @@ class SkipEngine:
             y = torch.zeros_like(x)
         else:
             flat = x.reshape(n, -1)
-            keep = (~rule.skip[:, layer]).nonzero().squeeze(1).to(x.device, non_blocking=True)
+            keep = rule.kept(layer).to(x.device, non_blocking=True)
             out = forward(flat.index_select(0, keep))
             y = flat.new_zeros(n, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
         if site.out_norm is None and rule.checks_at(layer):
@@ -167,16 +167,20 @@ class SkipEngine:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger, where
         ``block`` is what the FFN block adds to the residual stream ``h``.
 
-        Two device ops (stack, bmm) and one small copy; the cosine and the threshold are
+        Two device ops (cat, bmm) and one small copy; the cosine and the threshold are
         worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The rule's
         ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
         n, rows = rule.n, rule.checking
-        h, block = self._h.reshape(n, -1), block.reshape(n, -1)
+        h = self._h
+        if h.shape[1] != 1:  # [batch, length, d] -> one [1, d] slice per token (decoding has them)
+            h, block = h.reshape(n, 1, -1), block.reshape(n, 1, -1)
         if len(rows) < n:
             idx = torch.tensor(rows).to(h.device, non_blocking=True)
             h, block = h.index_select(0, idx), block.index_select(0, idx)
-        pair = torch.stack((h, block), dim=-2).float()
+        pair = torch.cat((h, block), dim=1)
+        if pair.dtype != torch.float32:
+            pair = pair.float()
         gram = torch.bmm(pair, pair.mT)
         event = None
         if gram.is_cuda:

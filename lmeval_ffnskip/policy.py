@@ -303,6 +303,14 @@ class TokenRule:
         for j in range(layer + 1, stop):
             self.skip_count[j] += len(fired)
 
+    def kept(self, layer: int) -> torch.Tensor:
+        """Indices of the rows that run ``layer``'s FFN."""
+        return (~self.skip[:, layer]).nonzero().squeeze(1)
+
+    def mask(self) -> torch.Tensor:
+        """[N, n_layers] which FFNs each row skipped."""
+        return self.skip
+
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
         return self._never + len(self.checking)

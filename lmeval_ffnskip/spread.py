@@ -47,41 +47,46 @@ class SpreadRule:
     Same interface as ``TokenRule``. Each eligible row owes one skip to every group of its cut
     (``SpreadCut``); at a layer of a group it still owes, it skips when the previous layer's
     similarity reached that layer's calibrated level (``measured``), or when the layer is the
-    group's last. Rows are handled per cut, so the host work per layer is a few set operations
-    per cut in use (one at batch 1).
+    group's last. Rows are handled per cut and decisions kept as plain lists (the mask tensor is
+    built only when asked for), so the host work per layer is a few list operations per cut in
+    use (one at batch 1).
     """
 
     def __init__(
         self, policy: SkipPolicy, layout: LayerLayout, eligible: torch.Tensor, positions: torch.Tensor
     ) -> None:
         assert policy.calibration is not None  # checked by SkipPolicy.layout
-        self.n = eligible.numel()
-        rows: list[int] = eligible.nonzero().squeeze(1).tolist() if layout.k else []
-        self.n_eligible = int(eligible.sum())
-        self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
+        self.n, self.n_layers = eligible.numel(), layout.n_layers
+        rows = [row for row, ok in enumerate(eligible.tolist()) if ok]
+        self.n_eligible = len(rows)
         self.skip_count = [0] * layout.n_layers
+        self._skipped: dict[int, list[int]] = {}  # layer -> rows that skip it
         self.level, cuts = _spread_tables(layout, policy.calibration)
         by_cut: dict[int, list[int]] = {}
-        for row, pos in zip(rows, positions[rows].tolist(), strict=True):
-            by_cut.setdefault(_position_hash(policy.seed, pos) % len(cuts), []).append(row)
+        if layout.k:
+            pos = positions.tolist()
+            for row in rows:
+                by_cut.setdefault(_position_hash(policy.seed, pos[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
         self.checking: list[int] = []
-        self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
+        self._high: list[int] = []  # rows whose similarity at the previous layer reached its level
         self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
 
     def enter(self, layer: int) -> None:
         """Skip ``layer`` for the rows it falls to; choose the rows to measure after it."""
         skipping: list[int] = []
-        self.checking = []
+        checking: list[int] = []
+        high, self._high = self._high, []
         for cut in self._cuts:
-            cut.enter(layer, self._high, skipping, self.checking)
+            cut.enter(layer, high, skipping, checking)
         if len(self._cuts) > 1:
-            self.checking.sort()  # the engine reads all N rows' similarities in row order
+            checking.sort()  # the engine reads all N rows' similarities in row order
+        self.checking = checking
         if skipping:
-            self._fired.update(r for r in skipping if r in self._high)
-            self.skip[skipping, layer] = True
-            self.skip_count[layer] += len(skipping)
-        self._high = set()
+            if high:
+                self._fired.update(high)  # a high row that owed this layer's group skipped it
+            self._skipped[layer] = skipping
+            self.skip_count[layer] = len(skipping)
 
     def checks_at(self, layer: int) -> bool:
         return bool(self.checking)
@@ -89,7 +94,19 @@ class SpreadRule:
     def measured(self, layer: int, rows: list[int], cosines: list[float]) -> None:
         """cos(h, h + FFN) of ``rows`` at ``layer``: those at or above its level may skip next."""
         level = self.level[layer]
-        self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
+        self._high = [row for row, cos in zip(rows, cosines, strict=True) if cos >= level]
+
+    def kept(self, layer: int) -> torch.Tensor:
+        """Indices of the rows that run ``layer``'s FFN."""
+        skipped = set(self._skipped.get(layer, ()))
+        return torch.tensor([r for r in range(self.n) if r not in skipped], dtype=torch.long)
+
+    def mask(self) -> torch.Tensor:
+        """[N, n_layers] which FFNs each row skipped."""
+        skip = torch.zeros(self.n, self.n_layers, dtype=torch.bool)
+        for layer, rows in self._skipped.items():
+            skip[rows, layer] = True
+        return skip
 
     def never_fired(self) -> int:
         """Eligible tokens all of whose skips fell to a group's last layer."""
@@ -98,9 +115,11 @@ class SpreadRule:
 
 @dataclass(frozen=True)
 class SpreadCut:
-    """One way of cutting ``spread``'s layers into groups: layer -> (group, is the group's last)."""
+    """One way of cutting ``spread``'s layers into groups, as a plan per layer: (its group or
+    -1, whether it is the group's last, the next layer's group if that layer is a choice (not
+    its group's last) or -1)."""
 
-    group_of: dict[int, tuple[int, bool]]
+    plan: tuple[tuple[int, bool, int], ...]
     n_groups: int
 
 
@@ -111,20 +130,19 @@ class _RowsOfCut:
         self.cut, self.rows = cut, rows
         self.owing = [set(rows) for _ in range(cut.n_groups)]
 
-    def enter(self, layer: int, high: set[int], skipping: list[int], checking: list[int]) -> None:
+    def enter(self, layer: int, high: list[int], skipping: list[int], checking: list[int]) -> None:
         """Append the rows skipping ``layer`` and those to measure after it."""
-        here = self.cut.group_of.get(layer)
+        group, last, choice_next = self.cut.plan[layer]
         skipped: list[int] = []
-        if here is not None:
-            group, last = here
+        if group >= 0:
             owing = self.owing[group]
-            skipped = [r for r in self.rows if r in owing and (last or r in high)]
-            owing.difference_update(skipped)
-            skipping += skipped
-        after = self.cut.group_of.get(layer + 1)
-        if after is not None and not after[1]:  # the next layer is a choice, not forced
-            owing, done = self.owing[after[0]], set(skipped)
-            checking += [r for r in self.rows if r in owing and r not in done]
+            skipped = [r for r in (self.rows if last else high) if r in owing]
+            if skipped:
+                owing.difference_update(skipped)
+                skipping += skipped
+        if choice_next >= 0:  # rows that skipped here have no similarity to measure
+            owing = self.owing[choice_next]
+            checking += [r for r in self.rows if r in owing and r not in skipped]
 
 
 @functools.lru_cache(maxsize=16)
@@ -138,11 +156,14 @@ def _spread_tables(
     groups = layout.groups()
     layers = [layer for group in groups for layer in group]
     base = [g for g, group in enumerate(groups) for _ in group]
-    cuts = []
+    cuts, n = [], layout.n_layers
     for offset in range(len(layers)):
         group_of = {layer: base[(i - offset) % len(layers)] for i, layer in enumerate(layers)}
         lasts = {g: max(layer for layer, h in group_of.items() if h == g) for g in range(len(groups))}
-        cuts.append(SpreadCut({layer: (g, lasts[g] == layer) for layer, g in group_of.items()}, len(groups)))
+        where = [(group_of.get(layer, -1), lasts.get(group_of.get(layer, -1)) == layer) for layer in range(n)]
+        choice = [g if g >= 0 and not last else -1 for g, last in where[1:]] + [-1]
+        plan = tuple((g, last, c) for (g, last), c in zip(where, choice, strict=True))
+        cuts.append(SpreadCut(plan, len(groups)))
     return levels, tuple(cuts)
 
 
