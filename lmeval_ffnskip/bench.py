@@ -2,10 +2,11 @@
 
 Every forward pass of a ``generate`` call (the path lm-eval uses, EOS suppressed so every run
 decodes the same number of tokens) is timed: the first is the prefill, each later one a
-decoding step, and the decode time is the sum of the steps. ``t_ffn`` is the decode time
-saved by skipping every FFN; a run that skips a share s of all FFN blocks can at best reach
-``t_dense / (t_dense - s * t_ffn)``. Speedups compare the per-step median unless asked
-otherwise (``add_ideal``).
+decoding step, and the decode time is the sum of the steps (``lockstep=True`` instead decodes
+every configuration in turns, pass by pass, so that drift in machine speed falls on all alike).
+``t_ffn`` is the decode time saved by skipping every FFN; a run that skips a share s of all FFN
+blocks can at best reach ``t_dense / (t_dense - s * t_ffn)``. Speedups compare the per-step
+median unless asked otherwise (``add_ideal``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import transformers
 from torch import nn
 
-from .engine import attach, generate_fixed, spanning
+from .engine import attach, generate_fixed, make_engine, spanning
 from .policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
@@ -125,6 +126,64 @@ def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[floa
         clock.close()
 
 
+def _mark(cuda: bool) -> object:
+    if cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _seconds(start: object, end: object) -> float:
+    return start.elapsed_time(end) / 1000 if isinstance(start, torch.cuda.Event) else end - start
+
+
+@torch.no_grad()
+def _lockstep(
+    model: nn.Module, batch: dict, configs: list[Config], sequences: dict[str, torch.Tensor]
+) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Replay each configuration's own greedy continuation (``sequences``, from ``generate``)
+    with the configurations taking turns pass by pass (the order rotated every pass), each with
+    its own KV cache and its engine installed only for its own passes: the passes ``generate``
+    makes, paired in time. Returns each one's pass times [prefill, step 1, ...] (the forward
+    passes alone, without ``generate``'s per-step work) and its engine."""
+    cuda = model.device.type == "cuda"
+    prompt = batch["input_ids"].shape[1]
+    new_tokens = next(iter(sequences.values())).shape[1] - prompt
+    engines = {c.name: c.policy and make_engine(model, spanning(c.policy, new_tokens)) for c in configs}
+    caches: dict[str, object] = dict.fromkeys(engines)
+    marks: dict[str, list[tuple[object, object]]] = {name: [] for name in engines}
+    names = list(engines)
+    ones = batch["attention_mask"].new_ones(len(batch["input_ids"]), new_tokens)
+    for step in range(new_tokens):
+        first, end = (0, prompt) if step == 0 else (prompt + step - 1, prompt + step)  # this pass's tokens
+        mask = torch.cat([batch["attention_mask"], ones[:, :step]], 1)
+        # as generate: positions count the real tokens, padding sits at 0
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, first:end]
+        for name in names[step % len(names) :] + names[: step % len(names)]:
+            ids = sequences[name][:, first:end]
+            engine = engines[name]
+            if engine is not None:
+                engine.install()
+            try:
+                start = _mark(cuda)
+                out = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=caches[name],
+                    use_cache=True,
+                )
+                marks[name].append((start, _mark(cuda)))
+            finally:
+                if engine is not None:
+                    engine.remove()
+            caches[name] = out.past_key_values
+    if cuda:
+        torch.cuda.synchronize()
+    return {name: [_seconds(a, b) for a, b in pairs] for name, pairs in marks.items()}, engines
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -139,23 +198,17 @@ def prompt_batch(tokenizer: object, batch_size: int, device: torch.device | str)
     return dict(tokenizer(prompts, return_tensors="pt", padding=True).to(device))
 
 
-def decode_speed(
-    model: nn.Module,
-    batch: dict,
-    configs: list[Config],
-    new_tokens: int = 128,
-    reps: int = 3,
-) -> list[dict[str, object]]:
-    """Prefill and decode speed, per-token latency and peak memory of each configuration.
+Runs = tuple[dict[str, list[list[float]]], dict[str, float], dict[str, int | None]]
 
-    Each run is one ``generate`` of ``new_tokens`` tokens (EOS suppressed) timed per forward
-    pass. After one warm-up run per configuration, repetitions go round-robin over the
-    configurations, so drift in machine speed (other load, clocks) spreads over all of them
-    instead of biasing one. Figures are medians over repetitions; latency percentiles pool
-    the decoding steps of all repetitions.
-    """
-    batch_size = len(batch["input_ids"])
-    prompt_tokens = int(batch["attention_mask"].sum())
+
+def _skip_ratio(engine: object) -> float:
+    """The share of blocks skipped per eligible token: with warmup=0 every decoding pass's
+    (new_tokens - 1 of them: the prefill emits the first), for shortgpt every token's."""
+    return (engine.stats.summary()["skip_ratio_eligible"] or 0.0) if engine else 0.0
+
+
+def _generate_runs(model: nn.Module, batch: dict, configs: list[Config], new_tokens: int, reps: int) -> Runs:
+    """Per configuration: the pass times of each timed ``generate``, the skip ratio, peak memory."""
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
     ratios: dict[str, float] = {}
     peaks: dict[str, int | None] = {}
@@ -170,9 +223,50 @@ def decode_speed(
             with _maybe_attach(model, config.policy, new_tokens) as engine:
                 runs[config.name].append(_timed_generate(model, batch, new_tokens))
             peaks[config.name] = torch.cuda.max_memory_allocated(model.device) if cuda else None
-            # the share of blocks skipped per eligible token: with warmup=0 every decoding pass's
-            # (new_tokens - 1 of them: the prefill emits the first), for shortgpt every token's
-            ratios[config.name] = (engine.stats.summary()["skip_ratio_eligible"] or 0.0) if engine else 0.0
+            ratios[config.name] = _skip_ratio(engine)
+    return runs, ratios, peaks
+
+
+def _lockstep_runs(model: nn.Module, batch: dict, configs: list[Config], new_tokens: int, reps: int) -> Runs:
+    """As ``_generate_runs``, every repetition one ``_lockstep`` replay of the continuations that
+    a first, untimed ``generate`` per configuration made (no peak memory: the configurations'
+    KV caches are all held at once)."""
+    sequences = {}
+    for config in configs:
+        with _maybe_attach(model, config.policy, new_tokens):
+            sequences[config.name] = generate_fixed(model, batch, new_tokens)
+    runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
+    ratios: dict[str, float] = {}
+    for _ in range(reps):
+        times, engines = _lockstep(model, batch, configs, sequences)
+        for config in configs:
+            runs[config.name].append(times[config.name])
+            ratios[config.name] = _skip_ratio(engines[config.name])
+    return runs, ratios, dict.fromkeys(runs)
+
+
+def decode_speed(
+    model: nn.Module,
+    batch: dict,
+    configs: list[Config],
+    new_tokens: int = 128,
+    reps: int = 3,
+    lockstep: bool = False,
+) -> list[dict[str, object]]:
+    """Prefill and decode speed, per-token latency and peak memory of each configuration.
+
+    Each run is one ``generate`` of ``new_tokens`` tokens (EOS suppressed) timed per forward
+    pass. After one warm-up run per configuration, repetitions go round-robin over the
+    configurations, so drift in machine speed (other load, clocks) spreads over all of them
+    instead of biasing one. Figures are medians over repetitions; latency percentiles pool
+    the decoding steps of all repetitions. With ``lockstep`` each repetition decodes all
+    configurations in turns pass by pass (``_lockstep``), which pairs their steps in time: on
+    a machine whose speed drifts this is the steadier comparison.
+    """
+    batch_size = len(batch["input_ids"])
+    prompt_tokens = int(batch["attention_mask"].sum())
+    timed = _lockstep_runs if lockstep else _generate_runs
+    runs, ratios, peaks = timed(model, batch, configs, new_tokens, reps)
     rows = []
     for config in configs:
         prefill = [run[0] for run in runs[config.name]]
@@ -198,6 +292,7 @@ def decode_speed(
                 "latency_ms_p99": 1000 * _percentile(steps, 99),
                 "peak_memory_mb": None if peak is None else peak / 2**20,
                 "skip_ratio": ratios[config.name],
+                "timing": "lockstep" if lockstep else "generate",
             }
         )
     return rows

@@ -40,6 +40,12 @@ def bench_main(argv: list[str]) -> int:
         help="time that speedups compare: per-step median (default), per-step lower decile (least "
         "disturbed by a loaded machine), or the median run's decode time",
     )
+    parser.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="decode all configurations in turns, pass by pass, instead of one generate each: times "
+        "the forward passes alone, paired in time (steadier on a machine whose speed drifts)",
+    )
     parser.add_argument("--json", type=Path, help="write the rows and environment here")
     args = parser.parse_args(argv)
 
@@ -69,7 +75,12 @@ def bench_main(argv: list[str]) -> int:
         row
         for bs in tqdm(sizes, desc="batch sizes")
         for row in decode_speed(
-            model, prompt_batch(tokenizer, bs, model.device), configs, args.new_tokens, args.reps
+            model,
+            prompt_batch(tokenizer, bs, model.device),
+            configs,
+            args.new_tokens,
+            args.reps,
+            lockstep=args.lockstep,
         )
     ]
     add_ideal(rows, args.stat)

@@ -287,6 +287,10 @@ def build(runs: list[Run], source: str) -> dict[str, Any]:
         "warmup": warmup_charts(runs),
         "worst_case": worst_case(runs),
         "samples": samples(runs),
+        # how bench.json timed its configurations (rows from before the field: one generate each)
+        "bench_timing": sorted(
+            {row.get("timing", "generate") for r in runs for row in r.extras.get("bench", {}).get("rows", [])}
+        ),
     }
 
 

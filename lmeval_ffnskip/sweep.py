@@ -237,9 +237,13 @@ def _extras(cfg: SweepConfig, model: str, root: Path) -> None:
 
 
 def _flags(options: dict[str, Any]) -> list[str]:
-    """``{"new_tokens": 64, "batch_sizes": [1, 8]}`` -> ``["--new-tokens", "64", "--batch-sizes", "1,8"]``."""
+    """``{"new_tokens": 64, "batch_sizes": [1, 8], "lockstep": True}`` -> ``["--new-tokens", "64",
+    "--batch-sizes", "1,8", "--lockstep"]`` (a false switch is left out)."""
     flags = []
     for key, value in options.items():
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        flags += [f"--{key.replace('_', '-')}", text]
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
     return flags

@@ -6,7 +6,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from lmeval_ffnskip.bench import Config, add_ideal, decode_speed, default_configs
+from lmeval_ffnskip.bench import Config, _lockstep, add_ideal, decode_speed, default_configs
+from lmeval_ffnskip.calibrate import similarities
+from lmeval_ffnskip.engine import attach, generate_fixed, generation_stats
 from lmeval_ffnskip.policy import SkipPolicy
 
 
@@ -66,3 +68,44 @@ def test_speedup_statistics():
     assert by["ffnskip-0.5"]["speedup"] == pytest.approx(90 / 40)  # the stall counts here
     with pytest.raises(ValueError, match="p10"):
         add_ideal(rows, "mean")
+
+
+@torch.no_grad()
+def test_lockstep_decodes_each_config_as_generate_does():
+    """Configurations decoded in turns see the passes ``generate`` would give each (same tokens,
+    positions and decisions, hence the same stats), and no engine stays attached."""
+    model = tiny_model("llama")
+    batch = {
+        "input_ids": torch.randint(3, 97, (2, 6)),
+        "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]),
+    }
+    cos = similarities(model, batch, 8)  # a threshold that splits the tokens
+    threshold = float(cos[:, 3:].median())
+    configs = [
+        Config("hf", None),
+        Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
+        Config(
+            "static-0.5", SkipPolicy(method="static", target_skip=0.5, warmup=0, cold_start=1, cold_end=1)
+        ),
+        Config(
+            "ffnskip", SkipPolicy(threshold=threshold, target_skip=0.25, warmup=1, cold_start=1, cold_end=1)
+        ),
+    ]
+    sequences = {}
+    for config in configs:
+        with attach(model, config.policy or SkipPolicy(method="dense")):
+            sequences[config.name] = generate_fixed(model, batch, 8)
+    times, engines = _lockstep(model, batch, configs, sequences)
+    assert all(len(t) == 8 and min(t) > 0 for t in times.values())
+    assert engines["hf"] is None
+    assert not any("forward" in vars(m) for m in model.modules())
+    assert not model.model._forward_pre_hooks and not model.model._forward_hooks
+    for config in configs[1:]:
+        expected = generation_stats(model, batch, config.policy, 8)
+        assert engines[config.name].stats.summary() == expected, config.name
+    assert 0 < engines["ffnskip"].stats.never_fired < engines["ffnskip"].stats.eligible
+
+    rows = decode_speed(model, batch, configs, new_tokens=5, reps=2, lockstep=True)
+    by = {r["config"]: r for r in rows}
+    assert {r["timing"] for r in rows} == {"lockstep"} and by["skip-all"]["skip_ratio"] == 1.0
+    assert by["static-0.5"]["skip_ratio"] == 0.5 and by["hf"]["peak_memory_mb"] is None

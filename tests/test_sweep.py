@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA_DIR
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.sweep import SHIPPED, SweepConfig, cells
+from lmeval_ffnskip.sweep import SHIPPED, SweepConfig, _flags, cells
 
 
 def test_config_cells_and_errors(tmp_path):
@@ -32,6 +32,9 @@ def test_config_cells_and_errors(tmp_path):
     assert main(["sweep", str(bad), "--out", str(tmp_path / "out")]) == 2
     for shipped in SHIPPED.glob("*.yaml"):
         assert cells(SweepConfig.load(Path(shipped.stem)))  # every shipped config parses
+    # a model's extras run as CLI commands: lists joined, switches bare (left out when false)
+    options = {"batch_sizes": [1, 8], "new_tokens": 16, "lockstep": True, "verbose": False}
+    assert _flags(options) == ["--batch-sizes", "1,8", "--new-tokens", "16", "--lockstep"]
 
 
 def test_sweep_resumes_and_measures_agreement(sweep_dir, tmp_path, monkeypatch):
