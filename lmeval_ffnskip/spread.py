@@ -69,14 +69,14 @@ class SpreadRule:
                 by_cut.setdefault(_position_hash(policy.seed, pos[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
         self.checking: list[int] = []
-        self._high: list[int] = []  # rows whose similarity at the previous layer reached its level
+        self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
         self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
 
     def enter(self, layer: int) -> None:
         """Skip ``layer`` for the rows it falls to; choose the rows to measure after it."""
         skipping: list[int] = []
         checking: list[int] = []
-        high, self._high = self._high, []
+        high, self._high = self._high, set()
         for cut in self._cuts:
             cut.enter(layer, high, skipping, checking)
         if len(self._cuts) > 1:
@@ -94,7 +94,7 @@ class SpreadRule:
     def measured(self, layer: int, rows: list[int], cosines: list[float]) -> None:
         """cos(h, h + FFN) of ``rows`` at ``layer``: those at or above its level may skip next."""
         level = self.level[layer]
-        self._high = [row for row, cos in zip(rows, cosines, strict=True) if cos >= level]
+        self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
 
     def kept(self, layer: int) -> torch.Tensor:
         """Indices of the rows that run ``layer``'s FFN."""
@@ -130,13 +130,13 @@ class _RowsOfCut:
         self.cut, self.rows = cut, rows
         self.owing = [set(rows) for _ in range(cut.n_groups)]
 
-    def enter(self, layer: int, high: list[int], skipping: list[int], checking: list[int]) -> None:
+    def enter(self, layer: int, high: set[int], skipping: list[int], checking: list[int]) -> None:
         """Append the rows skipping ``layer`` and those to measure after it."""
         group, last, choice_next = self.cut.plan[layer]
         skipped: list[int] = []
         if group >= 0:
             owing = self.owing[group]
-            skipped = [r for r in (self.rows if last else high) if r in owing]
+            skipped = [r for r in self.rows if r in owing and (last or r in high)]
             if skipped:
                 owing.difference_update(skipped)
                 skipping += skipped
