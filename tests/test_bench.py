@@ -90,6 +90,10 @@ def test_lockstep_decodes_each_config_as_generate_does():
         Config(
             "ffnskip", SkipPolicy(threshold=threshold, target_skip=0.25, warmup=1, cold_start=1, cold_end=1)
         ),
+        Config(
+            "skipdecode",
+            SkipPolicy(method="skipdecode", target_skip=0.25, warmup=0, cold_start=1, cold_end=1),
+        ),
     ]
     sequences = {}
     for config in configs:
@@ -104,6 +108,7 @@ def test_lockstep_decodes_each_config_as_generate_does():
         expected = generation_stats(model, batch, config.policy, 8)
         assert engines[config.name].stats.summary() == expected, config.name
     assert 0 < engines["ffnskip"].stats.never_fired < engines["ffnskip"].stats.eligible
+    assert engines["skipdecode"].stats.skipped > 0  # whole layers (the other engine) skipped too
 
     rows = decode_speed(model, batch, configs, new_tokens=5, reps=2, lockstep=True)
     by = {r["config"]: r for r in rows}
