@@ -103,7 +103,7 @@ model_args: {warmup: 2}
 limit: 3
 batch_size: 3
 flops: {context: 32, targets: [0.25], new_tokens: 4}
-bench: {batch_sizes: [1], new_tokens: 4, reps: 1, targets: [0.25], methods: [ffnskip, static]}
+bench: {batch_sizes: [1], new_tokens: 4, reps: 1, lockstep: true, targets: [0.25], methods: [ffnskip, static]}
 fidelity: {methods: [ffnskip, static, random], targets: [0.25], sequences: 2, length: 40, warmup: 16}
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.report import build, ffn_equivalent
+from lmeval_ffnskip.report import build, ffn_equivalent, render
 from lmeval_ffnskip.results import Run, load_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -23,7 +23,10 @@ def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
     assert dense.skip_ratio == 0 and skip.skip_ratio == pytest.approx(8 / 30)
     assert skip.scores["freebaseqa"].metric == "exact_match" and skip.scores["freebaseqa"].n == 3
     assert "freebaseqa/agreement" in skip.scores and "freebaseqa/agreement" not in dense.scores
-    tasks, rows = build(runs, str(sweep_dir))["tasks"], build(runs, str(sweep_dir))["rows"]
+    context = build(runs, str(sweep_dir))
+    tasks, rows = context["tasks"], context["rows"]
+    # the sweep's `lockstep: true` reached the bench as a switch, and the page says how it timed
+    assert context["bench_timing"] == ["lockstep"] and "<code>--lockstep</code>" in render(context)
     assert tasks == ["freebaseqa", "freebaseqa/agreement"]
     by_cell = {r["cell"]: r for r in rows}
     assert by_cell["dense"]["speedup"] == pytest.approx(1.0) and by_cell["static-0.25"]["tokens_per_s"] > 0
