@@ -81,6 +81,20 @@ def _maybe_attach(model: nn.Module, policy: SkipPolicy | None, new_tokens: int) 
             yield engine
 
 
+def _mark(cuda: bool) -> object:
+    """A timestamp: a recorded CUDA event on a GPU (read later, no host sync), else perf_counter."""
+    if cuda:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
+
+
+def _seconds(start: object, end: object) -> float:
+    """Seconds between two ``_mark``s (CUDA events must have completed)."""
+    return start.elapsed_time(end) / 1000 if isinstance(start, torch.cuda.Event) else end - start
+
+
 class StepClock:
     """Timestamps of a model's forward passes: the start of the first, the end of each.
 
@@ -92,24 +106,17 @@ class StepClock:
         self.cuda = model.device.type == "cuda"
         self.marks: list[object] = []
         self._handles = [
-            model.register_forward_pre_hook(lambda *_: None if self.marks else self._mark()),
-            model.register_forward_hook(lambda *_: self._mark()),
+            model.register_forward_pre_hook(
+                lambda *_: None if self.marks else self.marks.append(_mark(self.cuda))
+            ),
+            model.register_forward_hook(lambda *_: self.marks.append(_mark(self.cuda))),
         ]
-
-    def _mark(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
 
     def intervals(self) -> list[float]:
         """Seconds between consecutive marks: [prefill, step 1, step 2, ...]."""
         if self.cuda:
             torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1000 for a, b in itertools.pairwise(self.marks)]
-        return [b - a for a, b in itertools.pairwise(self.marks)]
+        return [_seconds(a, b) for a, b in itertools.pairwise(self.marks)]
 
     def close(self) -> None:
         for handle in self._handles:
@@ -124,18 +131,6 @@ def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[floa
         return clock.intervals()
     finally:
         clock.close()
-
-
-def _mark(cuda: bool) -> object:
-    if cuda:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-    return time.perf_counter()
-
-
-def _seconds(start: object, end: object) -> float:
-    return start.elapsed_time(end) / 1000 if isinstance(start, torch.cuda.Event) else end - start
 
 
 @torch.no_grad()
