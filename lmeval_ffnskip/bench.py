@@ -24,6 +24,7 @@ import transformers
 from torch import nn
 
 from .engine import attach, generate_fixed, make_engine, spanning
+from .hf_compat import cache_keyword, output_cache
 from .policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
@@ -149,6 +150,7 @@ def _lockstep(
     caches: dict[str, object] = dict.fromkeys(engines)
     marks: dict[str, list[tuple[object, object]]] = {name: [] for name in engines}
     names = list(engines)
+    keyword = cache_keyword(model)
     ones = batch["attention_mask"].new_ones(len(batch["input_ids"]), new_tokens)
     for step in range(new_tokens):
         first, end = (0, prompt) if step == 0 else (prompt + step - 1, prompt + step)  # this pass's tokens
@@ -166,14 +168,14 @@ def _lockstep(
                     input_ids=ids,
                     attention_mask=mask,
                     position_ids=positions,
-                    past_key_values=caches[name],
                     use_cache=True,
+                    **{keyword: caches[name]},
                 )
                 marks[name].append((start, _mark(cuda)))
             finally:
                 if engine is not None:
                     engine.remove()
-            caches[name] = out.past_key_values
+            caches[name] = output_cache(out)
     if cuda:
         torch.cuda.synchronize()
     return {name: [_seconds(a, b) for a, b in pairs] for name, pairs in marks.items()}, engines

@@ -29,12 +29,12 @@ import torch
 from torch import nn
 
 from .adapters import FFNSite, ffn_sites
-from .hooks import Patches
+from .hf_compat import IncompatibleTransformers, PassTokens
+from .hooks import Patches, attached_engine
 from .layerskip import LayerSkipEngine
 from .policy import (
     LAYER_METHODS,
     RANDOM_METHODS,
-    PassTokens,
     RandomDraws,
     SkipPolicy,
     StepCounter,
@@ -57,7 +57,7 @@ class SkipEngine:
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
         self._rule: TokenRule | SpreadRule | None = None
         self._shape: tuple[int, int] = (0, 0)
-        self._steps = StepCounter(policy.skip_prompt)
+        self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
         self._patches = Patches()
@@ -68,6 +68,7 @@ class SkipEngine:
         if any("forward" in vars(m) for site in self.sites for m in (site.mlp, site.in_norm)):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         patches = self._patches
+        patches.own(self.decoder, self)
         patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         patches.hook(self.decoder.register_forward_hook(self._end))
         checked, skippable = self.layout.checked, self.layout.skippable
@@ -85,7 +86,7 @@ class SkipEngine:
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
-        since = self._steps.since(tokens)
+        since = self.steps.since(tokens)
         eligible = self.policy.eligible(since, tokens.real).reshape(-1)
         self._shape = (tokens.batch, tokens.length)
         self.stats.tokens += int(tokens.real.sum())
@@ -208,11 +209,48 @@ def _cosine(gram: list[list[float]]) -> float:
     return (hh + hb) / norms if norms > 0 else 0.0
 
 
+def checked_generate(
+    model: nn.Module, prompt_mask: torch.Tensor, run: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """``run()`` a ``generate`` call over prompts with padding mask ``prompt_mask``; when a skip
+    engine is attached, check that it saw the generation as the caller made it: one prefill of
+    each row's real prompt, then one decoding pass per further token. Anything else means this
+    transformers release passes the KV cache in a way the engine did not read."""
+    engine = attached_engine(model)
+    if engine is None:
+        return run()
+    before = engine.steps.decoding_passes
+    out = run()
+    new_tokens = out.shape[1] - prompt_mask.shape[1]
+    seen = engine.steps.decoding_passes - before
+    if new_tokens > 1 and seen != new_tokens - 1:
+        raise IncompatibleTransformers(
+            f"generate made {new_tokens} tokens per row, but the skip engine saw {seen} decoding passes "
+            f"(passes over a filled KV cache) instead of {new_tokens - 1}: it did not find the KV cache "
+            "among the decoder's arguments, so it would have run every step as a new prompt"
+        )
+    lengths, expected = engine.steps.prompt_lengths, prompt_mask.sum(1).cpu()
+    if new_tokens > 0 and (lengths is None or not torch.equal(lengths, expected)):
+        raise IncompatibleTransformers(
+            f"the skip engine read prompt lengths {lengths and lengths.tolist()} where the caller's "
+            f"attention mask has {expected.tolist()}: warm-up would be counted from the wrong position"
+        )
+    return out
+
+
 def generate_fixed(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
     """Greedy ``generate`` of exactly ``new_tokens`` tokens per row (EOS suppressed), as every
-    measurement here decodes."""
+    measurement here decodes; checked against an attached engine (``checked_generate``)."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
     with torch.no_grad():
-        return model.generate(**batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return checked_generate(
+            model,
+            torch.ones_like(ids) if mask is None else mask,
+            partial(
+                model.generate, **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            ),
+        )
 
 
 def spanning(policy: SkipPolicy, new_tokens: int) -> SkipPolicy:

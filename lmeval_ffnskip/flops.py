@@ -22,6 +22,7 @@ from transformers import DynamicCache
 
 from .adapters import ffn_sites
 from .engine import generation_stats
+from .hf_compat import cache_keyword
 from .policy import LAYER_METHODS, SkipPolicy
 
 CONVENTION = (
@@ -78,7 +79,9 @@ class _Step(nn.Module):
         self.model, self.cache = model, cache
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True).logits
+        return self.model(
+            input_ids=input_ids, use_cache=True, **{cache_keyword(self.model): self.cache}
+        ).logits
 
 
 @torch.no_grad()
@@ -89,7 +92,7 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True)
+    model(input_ids=ids[:, :-1], use_cache=True, **{cache_keyword(model): cache})
     step = _Step(model, cache)
     analysis = FlopCountAnalysis(step, (ids[:, -1:],)).set_op_handle(
         "aten::scaled_dot_product_attention", _sdpa

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from .adapters import ffn_sites
+from .hf_compat import PassTokens
 from .hooks import Patches
-from .policy import LayerLayout, PassTokens, SkipPolicy, StepCounter
+from .policy import LayerLayout, SkipPolicy, StepCounter
 from .stats import SkipStats
 
 
@@ -119,7 +120,7 @@ class LayerSkipEngine:
         self.layout, self.plan = plan(model, policy)
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
-        self._steps = StepCounter(policy.skip_prompt)
+        self.steps = StepCounter(policy.skip_prompt)
         self._skipped: frozenset[int] = frozenset()
         self._partial: dict[int, torch.Tensor] = {}  # layer -> [batch, length, 1] tokens skipping it
         self._patches = Patches()
@@ -129,6 +130,7 @@ class LayerSkipEngine:
         layers = self.decoder.layers
         if any("forward" in vars(layer) for layer in layers):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
+        self._patches.own(self.decoder, self)
         self._patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         for i in self.plan.order:
             self._patches.patch(layers[i], partial(self._layer, i, layers[i].forward))
@@ -139,7 +141,7 @@ class LayerSkipEngine:
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
-        since = self._steps.since(tokens)
+        since = self.steps.since(tokens)
         real = tokens.real
         counts = self.plan.counts(since, self.policy)
         top = int(counts[real].max()) if real.any() else 0

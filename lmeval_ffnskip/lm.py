@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+from functools import partial
 from typing import Any
 
 import torch
@@ -14,7 +15,7 @@ from . import LAYER_METHODS
 from .adapters import ffn_sites
 from .checkpoints import DEFAULT_MODEL, resolve
 from .conversation import converse, is_conversation
-from .engine import make_engine
+from .engine import checked_generate, make_engine
 from .policy import SkipPolicy
 from .stats import SkipStats
 
@@ -78,6 +79,7 @@ class FFNSkipLM(HFLM):
         self.engine = make_engine(self.model, self.policy)
         self.engine.install()
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
+        self.notes: list[str] = []  # what the results JSON must say about these stats
 
     def _apply_profile(self, profile: str, given: dict[str, Any]) -> None:
         """ffnskip: take threshold, cold layers and k from a calibration profile (``auto``:
@@ -111,19 +113,24 @@ class FFNSkipLM(HFLM):
             local = _from_counts(self.all_gather(counts.unsqueeze(0)).sum(0).tolist(), local.n_layers)
         self.skip_stats.merge(local)
         if self.policy.method != "dense" and local.tokens and not local.eligible:
-            if self.policy.method == "skipdecode":
-                hint = f" skipdecode skips only after warmup={self.policy.warmup} decoding steps"
+            if kind == "generate_until":
+                # a generation's passes were checked against the engine (checked_generate)
+                hint = f"every generation ended within warmup={self.policy.warmup} tokens"
             elif not self.policy.skip_prompt:
-                hint = " prompt positions run the full model unless skip_prompt=true"
+                hint = f"{kind} scores prompt positions, which run the full model unless skip_prompt=true"
             else:
-                hint = f" warmup={self.policy.warmup} covers them all"
-            log.warning(
-                "ffnskip: no token was eligible for skipping in %d %s requests:%s. These are "
-                "dense results, not skip results.",
-                n_requests,
-                kind,
-                hint,
-            )
+                hint = f"warmup={self.policy.warmup} covers every scored position"
+            note = f"no token was eligible for skipping in {n_requests} {kind} requests: {hint}"
+            self.notes.append(note)
+            log.warning("ffnskip: %s. These are dense results, not skip results.", note)
+
+    def _model_generate(
+        self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs: Any
+    ) -> torch.Tensor:
+        """HFLM's ``generate`` call, checked against what the engine saw (``checked_generate``)."""
+        mask = kwargs.get("attention_mask")
+        run = partial(super()._model_generate, context, max_length, stop, **kwargs)
+        return checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
         out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -172,6 +179,7 @@ class FFNSkipLM(HFLM):
             "ffn_share": self.engine.plan.ffn_share if self.policy.method in LAYER_METHODS else None,
             "stats": stats,
             "skipped_anything": bool(stats["skipped"]),
+            "notes": self.notes,
         }
         return info
 

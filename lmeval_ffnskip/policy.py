@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from . import LAYER_METHODS, METHODS
+from .hf_compat import PassTokens
 from .spread import SpreadRule, hot_layers
 
 RANDOM_METHODS = ("random", "static")
@@ -147,51 +148,30 @@ class SkipPolicy:
         return out if self.method != "dense" else torch.zeros_like(out)
 
 
-@dataclass(frozen=True)
-class PassTokens:
-    """The tokens of one decoder forward pass, read from its arguments (on the host)."""
-
-    batch: int
-    length: int
-    past: int  # positions already in the KV cache
-    real: torch.Tensor  # [batch, length] not padding
-    pos: torch.Tensor  # [batch, length] position in the row's sequence (padding not counted)
-    before: torch.Tensor  # [batch] real positions already in the cache
-
-    @classmethod
-    def read(cls, args: tuple, kwargs: dict) -> PassTokens:
-        ref = kwargs.get("input_ids", args[0] if args else None)
-        if ref is None:
-            ref = kwargs["inputs_embeds"]
-        batch, length = ref.shape[:2]
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
-        mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            m = mask.to("cpu", torch.long)
-            real = m[:, -length:].bool()
-            pos = m.cumsum(1)[:, -length:] - 1
-            before = m[:, : m.shape[1] - length].sum(1)
-        else:
-            real = torch.ones(batch, length, dtype=torch.bool)
-            pos = (past + torch.arange(length)).expand(batch, length)
-            before = torch.full((batch,), past)
-        return cls(batch, length, past, real, pos, before)
-
-
 class StepCounter:
     """Where each row's warm-up counting starts, across the passes of a generation: at its first
-    position with ``skip_prompt``, else at its first generated token."""
+    position with ``skip_prompt``, else at its first generated token. Counts the decoding passes
+    (over a filled KV cache) it saw, which callers check against the tokens they generated."""
 
     def __init__(self, skip_prompt: bool) -> None:
         self.skip_prompt = skip_prompt
-        self._prompt_len: torch.Tensor | None = None
+        self.prompt_lengths: torch.Tensor | None = None  # [batch] real prompt tokens per row
+        self.decoding_passes = 0
 
     def since(self, tokens: PassTokens) -> torch.Tensor:
         """[batch, length] steps of each token from where counting starts (negative: prompt)."""
-        if tokens.past == 0 or self._prompt_len is None or len(self._prompt_len) != tokens.batch:
-            self._prompt_len = tokens.real.sum(1) if tokens.past == 0 else tokens.before
-        return tokens.pos if self.skip_prompt else tokens.pos - self._prompt_len[:, None]
+        if tokens.past and tokens.length > 1 and not self.skip_prompt:
+            raise NotImplementedError(
+                f"a pass of {tokens.length} tokens over {tokens.past} cached positions (chunked "
+                "prefill or assisted decoding) cannot be told apart from generated tokens; prefill "
+                "in one pass, decode one token per pass, or set skip_prompt=true"
+            )
+        if tokens.past:
+            self.decoding_passes += 1
+        if tokens.past == 0 or self.prompt_lengths is None or len(self.prompt_lengths) != tokens.batch:
+            # a pass over a cache this counter did not fill: its contents count as the prompt
+            self.prompt_lengths = tokens.real.sum(1) if tokens.past == 0 else tokens.before
+        return tokens.pos if self.skip_prompt else tokens.pos - self.prompt_lengths[:, None]
 
 
 def _to_bool(raw: object) -> bool:

@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from lmeval_ffnskip.hf_compat import cache_keyword
+
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 DATA_DIR = os.environ.get(
     "FFNSKIP_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
@@ -75,7 +77,7 @@ def forced_and_stepwise(model: torch.nn.Module, policy: object, ids: torch.Tenso
     with attach(model, policy, record=True) as stepwise:
         cache = DynamicCache(config=model.config)
         steps = [
-            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits
+            model(ids[:, t : t + 1], use_cache=True, **{cache_keyword(model): cache}).logits
             for t in range(ids.shape[1])
         ]
     return (forced, full), (stepwise, torch.cat(steps, dim=1))

@@ -9,6 +9,7 @@ from transformers import DynamicCache
 
 from lmeval_ffnskip.adapters import ffn_sites
 from lmeval_ffnskip.engine import attach
+from lmeval_ffnskip.hf_compat import cache_keyword
 from lmeval_ffnskip.policy import SkipPolicy
 
 
@@ -74,7 +75,7 @@ def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
     cache = DynamicCache(config=arch_model.config)
     with attach(arch_model, policy) as engine:
         out = arch_model.generate(
-            ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, past_key_values=cache
+            ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, **{cache_keyword(arch_model): cache}
         )
     stats = engine.stats
     n_layers = len(rows)

@@ -113,7 +113,8 @@ def test_layer_skip_baselines_run_through_lm_eval(task_manager, caplog):
     assert sorted(set(info["stats"]["layer_skip_frequency"])) == [0.0, 1.0]
     with caplog.at_level(logging.WARNING):
         scored = _evaluate("ffnskip", "method=skipdecode,target_skip=0.25", ["tiny_mc"], task_manager)
-    assert "skipdecode skips only after warmup=25 decoding steps" in caplog.text
+    hint = "loglikelihood scores prompt positions, which run the full model unless skip_prompt=true"
+    assert hint in caplog.text and hint in scored["config"]["ffnskip"]["notes"][0]
     hf = _evaluate("hf", f"pretrained={resolve('smollm2-135m')}", ["tiny_mc"], task_manager)
     assert scored["results"]["tiny_mc"] == hf["results"]["tiny_mc"]  # no decoding step: dense
     args = "method=skipdecode,target_skip=0.25,warmup=0,horizon=4"

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from lmeval_ffnskip.checkpoints import resolve
 from lmeval_ffnskip.engine import attach
 from lmeval_ffnskip.flops import analytic_decode_flops, decode_flops
+from lmeval_ffnskip.hf_compat import cache_keyword
 from lmeval_ffnskip.policy import SkipPolicy
 
 TEXT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, named after the engineer who built it."
@@ -51,7 +52,8 @@ def test_teacher_forcing_equals_decoding(real):
     with attach(model, policy, record=True) as steps:
         cache = DynamicCache(config=model.config)
         step_logits = [
-            model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(20)
+            model(ids[:, t : t + 1], use_cache=True, **{cache_keyword(model): cache}).logits
+            for t in range(20)
         ]
     assert torch.equal(torch.cat(steps.history, dim=1), full.history[0])
     torch.testing.assert_close(torch.cat(step_logits, dim=1), logits, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,110 @@
+"""Reading transformers' calling conventions: the KV cache under any name, loud failures when a
+release passes it in a way we cannot read, and eligible tokens counted from what lm-eval generated."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import DynamicCache
+
+from lmeval_ffnskip import hf_compat
+from lmeval_ffnskip.engine import attach, generate_fixed
+from lmeval_ffnskip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
+from lmeval_ffnskip.policy import SkipPolicy
+
+
+def test_cache_is_found_by_either_keyword_or_by_type():
+    cache = DynamicCache()
+    assert find_cache((), {"cache": cache}) is cache
+    assert find_cache((), {"past_key_values": cache}) is cache
+    assert find_cache((), {"kv_store": cache}) is cache  # a future rename is still found by type
+    assert find_cache((None, cache), {}) is cache
+    assert find_cache((), {"use_cache": True, "cache": None}) is None  # a prompt pass without one
+    with pytest.raises(IncompatibleTransformers, match=r"past_key_values= of type tuple.*transformers 5"):
+        find_cache((), {"past_key_values": ((torch.zeros(1),),)})
+    with pytest.raises(IncompatibleTransformers, match="kv_cache= of type list"):
+        find_cache((), {"kv_cache": [torch.zeros(1)]})
+
+
+def test_our_own_calls_use_the_installed_keyword_without_deprecation_warnings():
+    model = tiny_model("llama", n_layers=2)
+    keyword = cache_keyword(model)
+    assert keyword in ("cache", "past_key_values")
+    ids = torch.randint(3, 97, (1, 6))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = model(ids[:, :5], use_cache=True, **{keyword: DynamicCache(config=model.config)})
+        model(ids[:, 5:], use_cache=True, **{keyword: output_cache(out)})
+    assert [w for w in caught if issubclass(w.category, FutureWarning)] == []
+    assert output_cache(out).get_seq_length() == 6
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_hidden_cache_is_an_error_not_dense_results(monkeypatch, batch_size):
+    """What transformers 5.24 did to the engine: the cache not found, every step read as a prompt."""
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (batch_size, 7))
+    mask = torch.ones_like(ids)
+    mask[1:, :3] = 0  # left padding in the batch
+    batch = {"input_ids": ids, "attention_mask": mask}
+    with attach(model, SkipPolicy(warmup=2)) as engine:
+        generate_fixed(model, batch, 6)  # read correctly: no error
+    assert engine.stats.eligible == batch_size * (6 - 1 - 2)
+    monkeypatch.setattr(hf_compat, "find_cache", lambda args, kwargs: None)
+    with attach(model, SkipPolicy(warmup=2)), pytest.raises(IncompatibleTransformers) as err:
+        generate_fixed(model, batch, 6)
+    version = hf_compat.package_version("transformers")
+    # batch 1 has no mask: caught after generate; a padded batch's mask betrays the cache at step 1
+    found = "0 decoding passes" if batch_size == 1 else "attention mask over 8 positions, but 0 cached + 1"
+    assert f"transformers {version}" in str(err.value) and found in str(err.value)
+
+
+def test_chunked_prefill_is_refused_by_name():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (1, 10))
+    keyword = cache_keyword(model)
+    with attach(model, SkipPolicy(warmup=0)), torch.no_grad():
+        cache = output_cache(model(ids[:, :6], use_cache=True))
+        with pytest.raises(NotImplementedError, match="chunked prefill"):
+            model(ids[:, 6:], use_cache=True, **{keyword: cache})
+    with attach(model, SkipPolicy(warmup=0, skip_prompt=True)) as engine, torch.no_grad():
+        cache = output_cache(model(ids[:, :6], use_cache=True))
+        model(ids[:, 6:], use_cache=True, **{keyword: cache})  # positions are known: allowed
+    assert engine.stats.eligible == 10
+
+
+def _requests(prompts: list[str], max_tokens: list[int]) -> list:
+    from lm_eval.api.instance import Instance
+
+    return [
+        Instance(
+            "generate_until",
+            doc={},
+            arguments=(p, {"until": ["<never in a story>"], "max_gen_toks": n, "do_sample": False}),
+            idx=0,
+        )
+        for p, n in zip(prompts, max_tokens, strict=True)
+    ]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_eligible_tokens_are_generated_tokens_after_warmup_through_hflm(batch_size):
+    """Through lm-eval's own generation path (HFLM.generate_until -> _model_generate): every
+    request's eligible tokens are its generated tokens (counted from the response text) minus the
+    warm-up minus the last token (never fed back). Batch 3 is left-padded (prompts differ in length)."""
+    from lmeval_ffnskip.lm import FFNSkipLM
+
+    warmup = 4
+    lm = FFNSkipLM(device="cpu", batch_size=batch_size, warmup=warmup, target_skip=0.25, threshold=0.5)
+    prompts = ["Once upon a time", "The history of the city of Rome begins", "My favourite recipe is"]
+    lengths = [12, 12, 12] if batch_size > 1 else [9, 12, 16]  # one batch needs one gen_kwargs
+    responses = lm.generate_until(_requests(prompts, lengths))
+    generated = [len(lm.tokenizer(r, add_special_tokens=False).input_ids) for r in responses]
+    assert generated == lengths
+    stats = lm.skip_stats
+    assert stats.eligible == sum(n - 1 - warmup for n in generated)
+    assert stats.skipped == stats.eligible * lm.engine.layout.k  # threshold 0.5 fires on every token
