@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import transformers
 from torch import nn
 
 from .engine import attach, generate_fixed, make_engine, spanning
-from .hf_compat import cache_keyword, output_cache
+from .hf_compat import cache_keyword, output_cache, versions
 from .policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
@@ -336,7 +335,6 @@ def environment(model: nn.Module) -> dict[str, object]:
         else platform.processor() or "cpu",
         "dtype": str(model.dtype),
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
+        **versions(),
         "model": getattr(model.config, "_name_or_path", ""),
     }

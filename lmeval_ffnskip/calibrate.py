@@ -28,6 +28,7 @@ from torch import nn
 from .adapters import ffn_sites
 from .data import wikitext_articles
 from .engine import generate_fixed, generation_stats
+from .hf_compat import versions
 from .policy import SkipPolicy
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
@@ -244,6 +245,7 @@ def calibrate(
         "calibration_ratio": best["real"],
         "heldout_ratio": held_ratio,
         "tokens": cos.shape[0],
+        "versions": versions(),
     }
 
 

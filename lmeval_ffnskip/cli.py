@@ -211,6 +211,7 @@ def flops_main(argv: list[str]) -> int:
     from .calibrate import with_calibration
     from .checkpoints import resolve
     from .flops import CONVENTION, analytic_decode_flops, decode_flops, results_frequency, skip_frequency
+    from .hf_compat import versions
     from .policy import LAYER_METHODS, SkipPolicy
 
     patterns: dict[str, tuple[list[float], bool]] = {}
@@ -246,7 +247,12 @@ def flops_main(argv: list[str]) -> int:
             f"{r['ffn'] / 1e6:>9.2f}{r['lm_head'] / 1e6:>9.2f}{1 - r['total'] / dense.total:>8.1%}"
         )
     if args.json:
-        payload = {"model": args.pretrained, "convention": CONVENTION, "analytic_dense_total": analytic}
+        payload = {
+            "model": args.pretrained,
+            "convention": CONVENTION,
+            "analytic_dense_total": analytic,
+            "versions": versions(),
+        }
         args.json.write_text(json.dumps({**payload, "rows": rows}, indent=2))
     return 0
 
@@ -337,6 +343,7 @@ def fidelity_main(argv: list[str]) -> int:
     from .checkpoints import resolve
     from .engine import make_engine
     from .fidelity import continuations, measure, wikitext_sequences
+    from .hf_compat import versions
     from .policy import SkipPolicy
 
     path = resolve(args.pretrained)
@@ -369,7 +376,12 @@ def fidelity_main(argv: list[str]) -> int:
     for r in rows:
         print(f"{r.name:<16}{r.skip_ratio:>9.1%}{r.top1_agreement:>15.3f}{r.perplexity:>12.2f}")
     if args.json:
-        payload = {"model": args.pretrained, "source": args.source, "shape": list(sequences.shape)}
+        payload = {
+            "model": args.pretrained,
+            "source": args.source,
+            "shape": list(sequences.shape),
+            "versions": versions(),
+        }
         args.json.write_text(json.dumps({**payload, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
     return 0
 
@@ -477,7 +489,7 @@ def baseline_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """The regression gate: 0 pass, 1 regression, 2 bad input."""
-    from .gate import compare, limits_from, markdown, read_baseline, table
+    from .gate import compare, limits_from, markdown, read_baseline, table, version_notes
     from .results import ResultsError, load_runs
 
     parser = _gate_parser(
@@ -500,13 +512,16 @@ def check_main(argv: list[str]) -> int:
                 "speedup_floor": args.speedup_floor,
             },
         )
-        checks = compare(load_runs(args.results), doc, limits)
+        runs = load_runs(args.results)
+        checks = compare(runs, doc, limits)
     except (ResultsError, ValueError, KeyError, TypeError) as err:
         print(f"ffnskip check: {err}", file=sys.stderr)
         return 2
     print(table(checks))
+    for note in version_notes(runs, doc):
+        print(note)
     if args.markdown:
-        args.markdown.write_text(markdown(checks))
+        args.markdown.write_text(markdown(checks) + "".join(f"\n{n}\n" for n in version_notes(runs, doc)))
     return 0 if all(c.ok for c in checks) else 1
 
 

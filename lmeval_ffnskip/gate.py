@@ -56,6 +56,7 @@ def baseline(runs: list[Run], limits: Limits, source: str) -> dict[str, Any]:
         "format": FORMAT,
         "source": source,
         "limits": asdict(limits),
+        "versions": runs[0].versions if runs else {},
         "runs": [
             {
                 "model": r.model,
@@ -154,6 +155,22 @@ def markdown(checks: list[Check]) -> str:
         for c in failed or checks
     ]
     return "\n".join([head, "", *rows, ""])
+
+
+def version_notes(runs: list[Run], doc: dict[str, Any]) -> list[str]:
+    """One line per package whose version differs between the baseline and the results."""
+    base = doc.get("versions")
+    if not base:
+        return ["note: the baseline records no package versions (written before they were recorded)"]
+    now: dict[str, set[str]] = {}
+    for run in runs:
+        for name, version in run.versions.items():
+            now.setdefault(name, set()).add(str(version))
+    return [
+        f"note: the baseline was made with {name} {base[name]}, these results with {', '.join(sorted(found))}"
+        for name, found in sorted(now.items())
+        if name in base and found != {str(base[name])}
+    ]
 
 
 def limits_from(doc: dict[str, Any], overrides: dict[str, Any]) -> Limits:

@@ -67,6 +67,7 @@ class Run:
     device: str | None
     dtype: str | None
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
+    versions: dict[str, str | None] = field(default_factory=dict)  # torch, transformers, lm_eval
     extras: dict[str, Any] = field(default_factory=dict)  # EXTRAS found beside the cell folder
 
     @property
@@ -160,6 +161,9 @@ def load_run(path: Path) -> Run:
         device=config.get("device"),
         dtype=config.get("model_dtype"),
         agreement=agreement,
+        # a sweep cell records all three; lm-eval's own results file two of them
+        versions=results.get("versions")
+        or {"transformers": results.get("transformers_version"), "lm_eval": results.get("lm_eval_version")},
     )
 
 

@@ -91,6 +91,8 @@ def run_cell(cfg: SweepConfig, model: str, cell: Cell, folder: Path, task_manage
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable
 
+    from .hf_compat import versions
+
     if (folder / "results.json").exists():
         return False
     partial = folder.with_name(f"{folder.name}.partial")
@@ -110,7 +112,8 @@ def run_cell(cfg: SweepConfig, model: str, cell: Cell, folder: Path, task_manage
     for task, samples in out.pop("samples").items():
         lines = (json.dumps(s, default=handle_non_serializable) + "\n" for s in samples)
         (partial / f"samples_{task}_sweep.jsonl").write_text("".join(lines))
-    _write_json(partial / "results.json", {**out, "sweep_cell": dataclasses.asdict(cell)})
+    payload = {**out, "sweep_cell": dataclasses.asdict(cell), "versions": versions()}
+    _write_json(partial / "results.json", payload)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
     return True

@@ -203,3 +203,32 @@ def test_layer_methods_are_plotted_in_ffn_equivalents():
     assert ffn_equivalent(run("shortgpt", {"ffn_share": 0.75})) == pytest.approx(0.2 / 0.75)
     assert ffn_equivalent(run("static", {"ffn_share": None})) == 0.2
     assert ffn_equivalent(run("skipdecode", {})) == 0.2  # a run from before the share was recorded
+
+
+def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_path, capsys):
+    from lmeval_ffnskip.hf_compat import versions
+
+    now = versions()
+    assert now["torch"] and now["transformers"] and now["lm_eval"]
+    cells = sorted(sweep_dir.glob("*/*/results.json"))
+    measured = [sweep_dir / "smollm2-135m" / f"{name}.json" for name in ("bench", "flops", "fidelity")]
+    assert cells and all(p.exists() for p in measured)
+    for path in cells:
+        assert json.loads(path.read_text())["versions"] == now, path
+    assert json.loads(measured[0].read_text())["environment"]["transformers"] == now["transformers"]
+    for path in measured[1:]:
+        assert json.loads(path.read_text())["versions"] == now, path
+    base = tmp_path / "baseline.json"
+    assert main(["baseline", str(sweep_dir), "-o", str(base), "--speedup-floor", "0"]) == 0
+    doc = json.loads(base.read_text())
+    assert doc["versions"] == now
+    assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    doc["versions"]["transformers"] = "5.0.0"
+    base.write_text(json.dumps(doc))
+    assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 0  # a note, not a failure
+    out = capsys.readouterr().out
+    assert (
+        f"note: the baseline was made with transformers 5.0.0, these results with {now['transformers']}"
+        in out
+    )
