@@ -16,6 +16,11 @@ import json
 import sys
 from pathlib import Path
 
+from .shapes import SHAPES
+
+# methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
+SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
+
 
 def bench_main(argv: list[str]) -> int:
     """Parse ``ffnskip bench`` arguments, run the measurement, print a table, write JSON."""
@@ -25,6 +30,11 @@ def bench_main(argv: list[str]) -> int:
         "ideal speedup t_dense / (t_dense - s * t_ffn).",
     )
     parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument(
+        "--shape",
+        help="instead of --pretrained: a shipped architecture with random weights (speed only; "
+        "ffnskip's trigger forced at its first check), one of " + ", ".join(SHAPES),
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
@@ -58,25 +68,46 @@ def bench_main(argv: list[str]) -> int:
     from .bench import add_ideal, decode_speed, default_configs, environment, prompt_batch
     from .calibrate import with_calibration
     from .checkpoints import resolve
+    from .shapes import shape_model, token_batch
 
-    path = resolve(args.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = (
-        AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
-    )
     targets = tuple(float(t) for t in args.targets.split(","))
     methods = tuple(args.methods.split(","))
-    configs = [
-        dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
-        for c in default_configs(targets, args.threshold, methods)
-    ]
+    dtype = getattr(torch, args.dtype)
+    if args.shape:
+        bad = sorted(set(methods) - set(SHAPE_METHODS))
+        if args.shape not in SHAPES or bad:
+            print(
+                f"ffnskip bench: --shape {args.shape} is unknown (shipped: {', '.join(SHAPES)})"
+                if args.shape not in SHAPES
+                else f"ffnskip bench: --methods {','.join(bad)} decide from the weights, which --shape "
+                f"models have at random; use {', '.join(SHAPE_METHODS)}",
+                file=sys.stderr,
+            )
+            return 2
+        model = shape_model(args.shape, dtype, args.device)
+        configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
+
+        def batch_of(size: int) -> dict:
+            return token_batch(model.config.vocab_size, size, model.device)
+    else:
+        path = resolve(args.pretrained)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
+        configs = [
+            dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
+            for c in default_configs(targets, args.threshold, methods)
+        ]
+
+        def batch_of(size: int) -> dict:
+            return prompt_batch(tokenizer, size, model.device)
+
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rows = [
         row
         for bs in tqdm(sizes, desc="batch sizes")
         for row in decode_speed(
             model,
-            prompt_batch(tokenizer, bs, model.device),
+            batch_of(bs),
             configs,
             args.new_tokens,
             args.reps,
@@ -85,6 +116,8 @@ def bench_main(argv: list[str]) -> int:
     ]
     add_ideal(rows, args.stat)
     env = environment(model)
+    if args.shape:
+        env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
     print(json.dumps(env))
     print(
         f"{'config':<14}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
