@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache
 # the cache keyword of a decoder's forward, newest name first
 CACHE_KEYWORDS = ("cache", "past_key_values")
 # the transformers releases the test suite runs on (tox envs `oldest`, `locked`, `latest`)
-TESTED_TRANSFORMERS = ("5.5.0", "5.23.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.0.0", "5.23.0", "5.24.0")
 
 
 class IncompatibleTransformers(RuntimeError):
@@ -49,7 +49,8 @@ def versions() -> dict[str, str | None]:
 
 def find_cache(args: tuple, kwargs: dict) -> Cache | None:
     """The KV cache passed to a decoder forward: by its known keyword names, else by type among
-    all arguments. A non-``Cache`` value under a cache-like keyword is refused by name."""
+    all arguments. A non-``Cache`` object under a cache-like keyword (not a flag or a tensor such
+    as ``cache_position``) is refused by name."""
     for name in CACHE_KEYWORDS:
         value = kwargs.get(name)
         if value is not None:
@@ -62,7 +63,7 @@ def find_cache(args: tuple, kwargs: dict) -> Cache | None:
         if isinstance(value, Cache):
             return value
     for name, value in kwargs.items():
-        if ("cache" in name or "past" in name) and value is not None and not isinstance(value, bool):
+        if ("cache" in name or "past" in name) and not isinstance(value, bool | int | torch.Tensor | None):
             raise IncompatibleTransformers(
                 f"the decoder got {name}= of type {type(value).__name__}: it looks like a KV cache, "
                 "but it is not a transformers Cache"

