@@ -2,7 +2,7 @@
 
 The paper's rule packs a token's k skips right after its trigger; on small models every middle
 layer's similarity is high, so that degenerates into one contiguous block, which costs the most
-(README, "method=spread"). ``spread`` instead, per eligible token:
+(docs/method.md, "method=spread"). ``spread`` instead, per eligible token:
 
 1. cuts the non-cold layers into k groups (``LayerLayout.groups``) and skips exactly one FFN
    per group, so the skips are spread over the depth;

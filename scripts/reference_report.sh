@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the published reference report (reports/reference.html and its main chart) from a
 # real sweep of both embedded models on 2 CPU cores: 26 minutes from scratch on a quiet VM, 59 on
-# a loaded one (README, "The reference report"); finished cells are reused.
+# a loaded one (docs/results.md, "The reference report"); finished cells are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-reference_out}
