@@ -437,7 +437,11 @@ def sweep_main(argv: list[str]) -> int:
     except (OSError, ValueError, TypeError) as err:
         print(f"ffnskip sweep: {err}", file=sys.stderr)
         return 2
-    rows = run(cfg, args.out)
+    try:
+        rows = run(cfg, args.out)
+    except ValueError as err:  # the config, checked whole before any cell runs
+        print(f"ffnskip sweep: {args.config}: {err}", file=sys.stderr)
+        return 2
     keys = [k for k in rows[0] if k not in ("model", "cell", "method", "target_skip")] if rows else []
     print("\t".join(["model", "cell", *keys]))
     for r in rows:

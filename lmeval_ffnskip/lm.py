@@ -39,7 +39,8 @@ HF_LOAD_ARGS = (
 )
 
 
-def _valid_args() -> set[str]:
+def valid_args() -> set[str]:
+    """Every model_arg ``--model ffnskip`` accepts."""
     params = inspect.signature(HFLM.__init__).parameters.values()
     named = {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY}
     return (named - {"self"}) | set(POLICY_ARGS) | set(HF_LOAD_ARGS) | {"profile"}
@@ -57,11 +58,11 @@ class FFNSkipLM(HFLM):
     """
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - _valid_args())
+        unknown = sorted(set(kwargs) - valid_args())
         if unknown:
             raise ValueError(
                 f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
-                f"{', '.join(POLICY_ARGS)}, and HFLM's: {', '.join(sorted(_valid_args() - set(POLICY_ARGS)))}"
+                f"{', '.join(POLICY_ARGS)}, and HFLM's: {', '.join(sorted(valid_args() - set(POLICY_ARGS)))}"
             )
         given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
         profile = kwargs.pop("profile", None)

@@ -43,6 +43,7 @@ class SweepConfig:
     bench: dict[str, Any] | None = None  # {"batch_sizes": [1], "new_tokens": 64, "reps": 3}
     calibrate: dict[str, Any] | None = None  # {"target": 0.25}: the similarity curve per model
     fidelity: dict[str, Any] | None = None  # `ffnskip fidelity` options: teacher-forced agreement
+    include_path: list[str] = field(default_factory=list)  # task YAML folders (relative: to the config)
 
     @classmethod
     def load(cls, path: Path) -> SweepConfig:
@@ -57,7 +58,50 @@ class SweepConfig:
             raise ValueError(f"{path}: a sweep config is a mapping with at least `tasks`")
         if unknown := sorted(set(raw) - valid):
             raise ValueError(f"{path}: unknown keys {unknown}; valid: {sorted(valid)}")
-        return cls(**raw)
+        include = raw.get("include_path") or []
+        include = [include] if isinstance(include, str) else include
+        folders = [(path.parent / p).resolve() for p in include]
+        if missing := [str(f) for f in folders if not f.is_dir()]:
+            raise ValueError(f"{path}: include_path {', '.join(missing)} is not a folder")
+        return cls(**{**raw, "include_path": [str(f) for f in folders]})
+
+    def task_manager(self) -> Any:
+        """lm-eval's task index: the built-ins, ours, and the config's ``include_path`` folders."""
+        from lm_eval.tasks import TaskManager
+
+        return TaskManager(include_path=self.include_path or None)
+
+
+def validate(cfg: SweepConfig, task_manager: Any) -> None:
+    """Check the whole config before anything runs: every task resolvable, every cell's
+    model_args accepted by ``--model ffnskip`` (and, for fixed-depth methods, by each model's
+    depth). Raises ValueError with one line naming the problem and the valid choices."""
+    import difflib
+
+    from transformers import AutoConfig
+
+    from .checkpoints import resolve
+    from .lm import POLICY_ARGS, valid_args
+    from .policy import SkipPolicy
+
+    known = set(task_manager.all_tasks)
+    for task in cfg.tasks:
+        if task not in known:
+            near = difflib.get_close_matches(task, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else "; add its folder to include_path"
+            raise ValueError(f"tasks: {task!r} is not a task lm-eval knows{hint}")
+    depths = {m: AutoConfig.from_pretrained(resolve(m)).num_hidden_layers for m in cfg.models}
+    for cell in cells(cfg):
+        if unknown := sorted(set(cell.model_args) - valid_args()):
+            valid = ", ".join(sorted(valid_args()))
+            raise ValueError(f"cell {cell.name}: unknown model_args {', '.join(unknown)}; valid: {valid}")
+        try:
+            policy = SkipPolicy.from_args({k: v for k, v in cell.model_args.items() if k in POLICY_ARGS})
+            if policy.method != "spread":  # spread's limits need the model's calibration
+                for n_layers in depths.values():
+                    policy.layout(n_layers)
+        except ValueError as err:
+            raise ValueError(f"cell {cell.name}: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -168,13 +212,13 @@ def model_slug(model: str) -> str:
 
 def run(cfg: SweepConfig, out: Path, progress: bool = True) -> list[dict[str, Any]]:
     """Run every missing cell, then agreement, FLOPs and bench per model; returns the summary rows."""
-    from lm_eval.tasks import TaskManager
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     from .checkpoints import resolve
 
-    task_manager = TaskManager()
+    task_manager = cfg.task_manager()
+    validate(cfg, task_manager)
     todo = [(m, c) for m in cfg.models for c in cells(cfg)]
     ran = 0
     for model, cell in tqdm(todo, desc="sweep cells", disable=not progress):
