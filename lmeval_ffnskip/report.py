@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import LAYER_METHODS, svg
-from .results import Run, bench_row, finite, flops_per_token
+from .results import Run, bench_row, fidelity_row, finite, flops_per_token
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
@@ -31,9 +31,26 @@ def _dense(runs: list[Run]) -> Run | None:
     return next((r for r in runs if r.method == "dense"), None)
 
 
+def constant_zero(runs: list[Run]) -> list[str]:
+    """Tasks whose headline score is 0 in every run: they cannot separate methods, so they get no
+    chart and no leaderboard column (the page says so)."""
+    tasks = {t for r in runs for t in r.scores}
+    return sorted(t for t in tasks if all(r.scores[t].value == 0 for r in runs if t in r.scores))
+
+
+def columns(runs: list[Run]) -> dict[str, str]:
+    """Leaderboard task columns, agreement with dense first: task -> "metric, higher/lower is better"."""
+    dropped = set(constant_zero(runs))
+    found = {t: s for r in runs for t, s in r.scores.items() if t not in dropped}
+    order = sorted(found, key=lambda t: (not t.endswith("/agreement"), t))
+    direction = {t: "higher" if found[t].higher_is_better else "lower" for t in order}
+    return {t: f"{found[t].metric}, {direction[t]} is better" for t in order}
+
+
 def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Task columns, and one row per run with scores, deltas vs its model's dense run, speed, FLOPs."""
-    tasks = sorted({t for r in runs for t in r.scores}, key=lambda t: (t.endswith("/agreement"), t))
+    """Task columns, and one row per run with scores, deltas vs its model's dense run, teacher-forced
+    fidelity, speed and FLOPs."""
+    tasks = list(columns(runs))
     rows = []
     for model, group in _by_model(runs).items():
         dense = _dense(group)
@@ -47,6 +64,7 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                 worse = None if delta is None else (delta < 0) == score.higher_is_better and delta != 0
                 cells[task] = {"value": score.value if score else None, "delta": delta, "worse": worse}
             flops = flops_per_token(run)
+            forced = fidelity_row(run) or {}
             rows.append(
                 {
                     "model": model,
@@ -55,6 +73,8 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                     "target": run.target,
                     "skip": run.skip_ratio,
                     "scores": cells,
+                    "top1": forced.get("top1_agreement"),
+                    "perplexity": forced.get("perplexity"),
                     "tokens_per_s": bench.get("tokens_per_s"),
                     "speedup": bench.get("speedup"),
                     "ideal": bench.get("ideal_speedup"),
@@ -87,7 +107,8 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
     charts = []
     for model, group in _by_model(runs).items():
         dense = _dense(group)
-        tasks = sorted({t for r in group for t in r.scores})
+        dropped = set(constant_zero(runs))
+        tasks = sorted({t for r in group for t in r.scores} - dropped)
         for task in tasks:
             series = []
             for method, members in itertools.groupby(
@@ -114,7 +135,7 @@ def pareto(runs: list[Run]) -> list[dict[str, str]]:
     for model, group in _by_model(runs).items():
         measured = [(r, bench_row(r)) for r in group]
         measured = [(r, b["tokens_per_s"]) for r, b in measured if b]
-        for task in sorted({t for r, _ in measured for t in r.scores}):
+        for task in sorted({t for r, _ in measured for t in r.scores} - set(constant_zero(runs))):
             pts = [(speed, r.scores[task].value, r.method) for r, speed in measured if task in r.scores]
             higher = next(r.scores[task].higher_is_better for r, _ in measured if task in r.scores)
             front, best = [], None
@@ -273,8 +294,12 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
 def build(runs: list[Run], source: str) -> dict[str, Any]:
     """Everything the template shows."""
     tasks, rows = leaderboard(runs)
+    models = sorted({r.model for r in runs})
     return {
         "source": source,
+        "columns": columns(runs),
+        "tables": [{"model": m, "rows": [r for r in rows if r["model"] == m]} for m in models],
+        "constant_zero": constant_zero(runs),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": sorted({r.model for r in runs}),
         "tasks": tasks,

@@ -215,6 +215,13 @@ def bench_row(run: Run, config: str | None = None) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
+def fidelity_row(run: Run) -> dict[str, Any] | None:
+    """The teacher-forced row of ``fidelity.json`` beside ``run`` for the run's own configuration."""
+    name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
+    rows = (run.extras.get("fidelity") or {}).get("rows", [])
+    return next((r for r in rows if r["name"] == name), None)
+
+
 def flops_per_token(run: Run) -> float | None:
     """Per-token decode FLOPs of this run's own skip pattern, from ``flops.json``'s dense split."""
     flops = run.extras.get("flops")

@@ -10,19 +10,43 @@ from collections.abc import Sequence
 from html import escape
 
 Series = tuple[str, Sequence[tuple[float, float]]]
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+PARTS = ("#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b")  # stacked parts of a bar (no method's colour)
+# one colour per method in every chart (a label "method-..." takes its method's); others hash
+# into EXTRA, never into a method's colour
+COLOURS = {
+    "dense": "#7f7f7f",
+    "ffnskip": "#1f77b4",
+    "spread": "#2ca02c",
+    "static": "#e377c2",
+    "random": "#ff7f0e",
+    "shortgpt": "#8c564b",
+    "skipdecode": "#9467bd",
+    "hf": "#17becf",
+    "Pareto front": "#000000",
+}
+EXTRA = ("#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
 W, H = 520, 300
 LEFT, RIGHT, TOP, BOTTOM = 60, 130, 20, 45
 
 
+def colour(label: str) -> str:
+    """The colour of a series: its method's (``static-0.25`` is ``static``'s), else a stable extra."""
+    if label in COLOURS:
+        return COLOURS[label]
+    method = label.split("-")[0]
+    if method in COLOURS:
+        return COLOURS[method]
+    return EXTRA[sum(map(ord, label)) % len(EXTRA)]
+
+
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About ``n`` round tick values covering [lo, hi]."""
+    """About ``n`` round tick values from at or below ``lo`` to at or above ``hi``."""
     if hi <= lo:
         hi = lo + 1
     step = 10 ** math.floor(math.log10((hi - lo) / n))
     step *= next(m for m in (1, 2, 5, 10) if (hi - lo) / (step * m) <= n)
     start = math.floor(lo / step) * step
-    return [start + i * step for i in range(int((hi - start) / step + 1.5))]
+    return [start + i * step for i in range(math.ceil((hi - start) / step - 1e-9) + 1)]
 
 
 def _text(x: float, y: float, text: str, cls: str, anchor: str = "start", transform: str = "") -> str:
@@ -56,18 +80,27 @@ class _Frame:
             y = self.y(t)
             parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" class="grid"/>')
             parts.append(_text(LEFT - 6, y + 4, f"{t:.4g}", "tick", "end"))
+        # the plot area, drawn invisibly so a reader (or a test) can check marks stay inside it
+        parts.append(
+            f'<rect x="{LEFT}" y="{TOP}" width="{W - LEFT - RIGHT}" height="{H - TOP - BOTTOM}" '
+            'class="plot" fill="none"/>'
+        )
         mid_y = (TOP + H - BOTTOM) / 2
         parts.append(_text((LEFT + W - RIGHT) / 2, H - 8, self.x_label, "label", "middle"))
         parts.append(_text(14, mid_y, self.y_label, "label", "middle", f"rotate(-90 14 {mid_y:.0f})"))
         return parts
 
     @staticmethod
-    def legend(labels: list[str]) -> list[str]:
+    def legend(labels: list[str], colours: Sequence[str] = ()) -> list[str]:
+        """Swatches beside the plot: each label's ``colour`` unless ``colours`` are given."""
         parts = []
         for i, label in enumerate(labels):
             y = TOP + 8 + 18 * i
-            color = PALETTE[i % len(PALETTE)]
-            parts.append(f'<rect x="{W - RIGHT + 12}" y="{y - 8}" width="12" height="12" fill="{color}"/>')
+            color = colours[i] if colours else colour(label)
+            parts.append(
+                f'<rect x="{W - RIGHT + 12}" y="{y - 8}" width="12" height="12" fill="{color}" '
+                f'class="swatch" data-label="{escape(label)}"/>'
+            )
             parts.append(_text(W - RIGHT + 30, y + 2, label, "tick"))
         return parts
 
@@ -100,8 +133,8 @@ def line_chart(
         for a, b in shade
     ]
     body += frame.axes()
-    for i, (label, pts) in enumerate(series):
-        color = PALETTE[i % len(PALETTE)]
+    for label, pts in series:
+        color = colour(label)
         coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in pts)
         if label not in scatter and len(pts) > 1:
             body.append(
@@ -139,9 +172,7 @@ def band_chart(
     outline += [(frame.x(x), frame.y(v)) for x, v in reversed(list(zip(xs, lo, strict=True)))]
     body.append(f'<polygon points="{" ".join(f"{a:.1f},{b:.1f}" for a, b in outline)}" class="band"/>')
     coords = " ".join(f"{frame.x(x):.1f},{frame.y(v):.1f}" for x, v in zip(xs, mean, strict=True))
-    body.append(
-        f'<polyline points="{coords}" fill="none" stroke="{PALETTE[0]}" stroke-width="2" class="series"/>'
-    )
+    body.append(f'<polyline points="{coords}" fill="none" stroke="#333333" stroke-width="2" class="series"/>')
     return _svg(title, body)
 
 
@@ -161,7 +192,7 @@ def bar_chart(
             top = base + values[i]
             body.append(
                 f'<rect x="{LEFT + i * width + 4:.1f}" y="{frame.y(top):.1f}" width="{width - 8:.1f}" '
-                f'height="{frame.y(base) - frame.y(top):.1f}" fill="{PALETTE[j % len(PALETTE)]}" class="bar">'
+                f'height="{frame.y(base) - frame.y(top):.1f}" fill="{PARTS[j % len(PARTS)]}" class="bar">'
                 f"<title>{escape(label)} {escape(part)}: {values[i]:.4g}</title></rect>"
             )
             base = top
@@ -169,5 +200,5 @@ def bar_chart(
             f'<text x="{LEFT + (i + 0.5) * width:.1f}" y="{H - BOTTOM + 16}" class="tick" '
             f'text-anchor="middle">{escape(label)}</text>'
         )
-    body += frame.legend([part for part, _ in stacks])
+    body += frame.legend([part for part, _ in stacks], [PARTS[j % len(PARTS)] for j in range(len(stacks))])
     return _svg(title, body)

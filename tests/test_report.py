@@ -27,16 +27,17 @@ def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
     tasks, rows = context["tasks"], context["rows"]
     # the sweep's `lockstep: true` reached the bench as a switch, and the page says how it timed
     assert context["bench_timing"] == ["lockstep"] and "<code>--lockstep</code>" in render(context)
-    assert tasks == ["freebaseqa", "freebaseqa/agreement"]
+    # the 135M model answers none of the 3 questions: exact match cannot separate methods
+    assert tasks == ["freebaseqa/agreement"] and context["constant_zero"] == ["freebaseqa"]
     by_cell = {r["cell"]: r for r in rows}
     assert by_cell["dense"]["speedup"] == pytest.approx(1.0) and by_cell["static-0.25"]["tokens_per_s"] > 0
     flops = json.loads((sweep_dir / "smollm2-135m" / "flops.json").read_text())["rows"][0]
+    fidelity_json = json.loads((sweep_dir / "smollm2-135m" / "fidelity.json").read_text())
+    fidelity_rows = {r["name"]: r for r in fidelity_json["rows"]}
     # the run's own skip pattern: 8 of 30 FFNs on every eligible token
     saved = 8 * flops["ffn_per_layer"][0]
     assert by_cell["ffnskip-0.25"]["mflops"] * 1e6 == pytest.approx(flops["total"] - saved, rel=1e-3)
-    assert by_cell["ffnskip-0.25"]["scores"]["freebaseqa"]["delta"] == pytest.approx(
-        skip.scores["freebaseqa"].value - dense.scores["freebaseqa"].value
-    )
+    assert by_cell["ffnskip-0.25"]["top1"] == fidelity_rows["ffnskip-0.25"]["top1_agreement"]
     # fidelity.json's rows, each beside its configuration's batch-1 decode speed
     (fidelity,) = build(runs, str(sweep_dir))["fidelity"]
     measured = json.loads((sweep_dir / "smollm2-135m" / "fidelity.json").read_text())["rows"]
@@ -78,12 +79,46 @@ def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
                     .filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length,
             }))""",
         )
+        # every mark inside its chart's plot area; every legend label in one colour across charts
+        placed = page.eval_on_selector_all(
+            "svg.chart",
+            """svgs => svgs.map(s => {
+                const plot = s.querySelector('rect.plot');
+                const box = plot && {x: +plot.getAttribute('x'), y: +plot.getAttribute('y'),
+                                     w: +plot.getAttribute('width'), h: +plot.getAttribute('height')};
+                const pts = [...s.querySelectorAll('circle.point')]
+                    .map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])
+                    .concat([...s.querySelectorAll('polyline.series')].flatMap(l => l.getAttribute('points')
+                        .trim().split(/\\s+/).map(p => p.split(',').map(Number))));
+                const swatches = [...s.querySelectorAll('rect.swatch')]
+                    .map(r => [r.dataset.label, r.getAttribute('fill')]);
+                return {title: s.querySelector('title').textContent, box, pts, swatches};
+            })""",
+        )
         # the leaderboard sorts: click "achieved skip" twice -> descending, static/ffnskip first
-        header = page.locator("#leaderboard-table th", has_text="achieved skip")
+        header = page.locator("table.leaderboard").first.locator("th", has_text="achieved skip")
         header.click()
         header.click()
-        first = page.locator("#leaderboard-table tbody tr").first.locator("td").nth(1).inner_text()
+        first = (
+            page.locator("table.leaderboard").first.locator("tbody tr").first.locator("td").first.inner_text()
+        )
         browser.close()
+    outside = [
+        (c["title"], x, y)
+        for c in placed
+        for x, y in c["pts"]
+        if not (c["box"]["x"] - 0.5 <= x <= c["box"]["x"] + c["box"]["w"] + 0.5)
+        or not (c["box"]["y"] - 0.5 <= y <= c["box"]["y"] + c["box"]["h"] + 0.5)
+    ]
+    assert all(c["box"] for c in placed) and outside == []
+    colours: dict[str, set[str]] = {}
+    for c in placed:
+        if "FLOPs" not in c["title"]:  # bars are coloured by part (attention, FFN, ...), not by method
+            for label, fill in c["swatches"]:
+                colours.setdefault(label.split("-")[0], set()).add(fill)
+    assert {"ffnskip", "static"} <= set(colours) and all(len(f) == 1 for f in colours.values()), colours
+    fills = [next(iter(f)) for f in colours.values()]
+    assert len(set(fills)) == len(fills)  # no two methods share a colour
     assert problems == []
     titles = [c["title"] for c in charts]
     assert any("vs FFN skip ratio" in t for t in titles)
@@ -92,6 +127,7 @@ def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
     assert any("FLOPs per token" in t for t in titles)
     assert all(c["width"] > 100 and c["marks"] > 0 for c in charts), charts
     assert first in ("ffnskip-0.25", "static-0.25")
+    assert str(sweep_dir) not in html and "/tmp" not in html  # no machine path in the page
     assert "Fidelity to the dense model" in html and "random-0.25" in html.split('id="fidelity"')[1]
 
 
@@ -185,13 +221,16 @@ def test_plain_lm_eval_output_folders(sweep_dir, tmp_path):
         for key in ("sweep_cell", "agreement"):
             doc.pop(key, None)
         doc["config"].update(model=model, model_args=args)
+        if model == "ffnskip":  # one right answer, so exact match is not 0 everywhere and has a delta
+            doc["results"]["freebaseqa"]["exact_match,none"] = 1 / 3
         folder = tmp_path / "out" / f"run-{model}"
         folder.mkdir(parents=True)
         (folder / "results_2026-11-22T10-00-00.json").write_text(json.dumps(doc))
     runs = load_runs(tmp_path / "out")
     assert [(r.cell, r.method) for r in runs] == [("dense", "dense"), ("ffnskip-0.25-warmup2", "ffnskip")]
     rows = build(runs, "out")["rows"]
-    assert rows[1]["skip"] == pytest.approx(8 / 30) and rows[1]["scores"]["freebaseqa"]["delta"] is not None
+    assert rows[1]["skip"] == pytest.approx(8 / 30)
+    assert rows[1]["scores"]["freebaseqa"]["delta"] == pytest.approx(100 / 3)
     assert main(["report", str(tmp_path / "out"), "-o", str(tmp_path / "r.html")]) == 0
 
 
@@ -232,3 +271,59 @@ def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_pat
         f"note: the baseline was made with transformers 5.0.0, these results with {now['transformers']}"
         in out
     )
+
+
+def test_compare_prints_the_table_from_the_files_and_writes_the_report(sweep_dir, tmp_path, capsys):
+    """`ffnskip compare` over a finished sweep (its cells and extras reused, nothing recomputed):
+    every figure in the table is the one in the results, fidelity and bench files."""
+    from lmeval_ffnskip.compare import comparison
+    from lmeval_ffnskip.results import load_runs
+
+    work = tmp_path / "out"
+    shutil.copytree(sweep_dir, work)
+    assert main(["compare", "--out", str(work), "--config", str(sweep_dir.parent / "sweep.yaml")]) == 0
+    out = capsys.readouterr().out
+    rows = {r["config"]: r for r in comparison(load_runs(work))}
+    assert list(rows) == ["dense", "ffnskip-0.25", "static-0.25"]
+    model = work / "smollm2-135m"
+    cell = json.loads((model / "static-0.25" / "results.json").read_text())
+    fidelity = {r["name"]: r for r in json.loads((model / "fidelity.json").read_text())["rows"]}
+    bench = {r["config"]: r for r in json.loads((model / "bench.json").read_text())["rows"]}
+    static = rows["static-0.25"]
+    assert static["skip_ratio"] == cell["config"]["ffnskip"]["stats"]["skip_ratio_eligible"] > 0.2
+    assert static["agreement"]["freebaseqa"] == cell["agreement"]["freebaseqa"]["rougeL"]
+    assert static["top1"] == fidelity["static-0.25"]["top1_agreement"] < 1
+    assert static["speedup"] == bench["static-0.25"]["speedup"]
+    assert rows["dense"]["skip_ratio"] == 0 and rows["dense"]["top1"] == 1.0
+    line = next(x for x in out.splitlines() if "static-0.25" in x)
+    assert f"{static['top1']:.3f}" in line and f"{static['skip_ratio']:.1%}" in line
+    assert (work / "report.html").exists() and str(tmp_path) not in (work / "report.html").read_text()
+
+
+def test_axes_cover_the_data_and_methods_keep_their_colour():
+    from lmeval_ffnskip import svg
+
+    for lo, hi in [(0.0, 34.0), (0.3, 0.97), (12.0, 812.0), (-3.0, 7.5), (5.0, 5.0)]:
+        ticks = svg._ticks(lo, hi)
+        assert ticks[0] <= lo and ticks[-1] >= hi, (lo, hi, ticks)
+    assert svg.colour("static") == svg.colour("static-0.25") != svg.colour("ffnskip")
+    assert svg.colour("Pareto front") not in {svg.colour(m) for m in ("dense", "ffnskip", "static", "spread")}
+    chart = svg.line_chart(
+        "t", [("static", [(0.0, 1.0), (0.5, 3.3)]), ("Pareto front", [(0.5, 3.3)])], "x", "y"
+    )
+    assert f'fill="{svg.colour("static")}" class="swatch" data-label="static"' in chart
+
+
+def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
+    from lmeval_ffnskip.report import build, constant_zero
+    from lmeval_ffnskip.results import load_runs
+
+    runs = load_runs(sweep_dir)
+    zero = constant_zero(runs)
+    assert zero == sorted(t for t in {t for r in runs for t in r.scores} if all(
+        r.scores[t].value == 0 for r in runs if t in r.scores))  # fmt: skip
+    page = build(runs, "x")
+    assert not set(zero) & set(page["columns"])
+    assert not any(f": {t} (" in c["title"] for t in zero for c in page["skip_curves"])
+    assert next(iter(page["columns"])).endswith("/agreement")
+    assert [t["model"] for t in page["tables"]] == ["smollm2-135m"]
