@@ -9,15 +9,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-METHODS: tuple[str, ...] = ("ffnskip", "spread", "dense", "random", "static", "shortgpt", "skipdecode")
-LAYER_METHODS: tuple[str, ...] = ("shortgpt", "skipdecode")  # whole layers skipped (layerskip.py)
+from .skip import LAYER_METHODS, METHODS
 
 _LAZY = {
-    "SkipPolicy": "policy",
-    "SkipEngine": "engine",
-    "attach": "engine",
-    "SkipStats": "stats",
-    "FFNSkipLM": "lm",
+    "SkipPolicy": "skip.policy",
+    "SkipEngine": "skip.engine",
+    "attach": "skip.engine",
+    "SkipStats": "skip.stats",
+    "FFNSkipLM": "harness.lm",
 }
 __all__ = ["LAYER_METHODS", "METHODS", *_LAZY]
 

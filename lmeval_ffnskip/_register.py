@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-NAME, TARGET = "ffnskip", "lmeval_ffnskip.lm:FFNSkipLM"
+NAME, TARGET = "ffnskip", "lmeval_ffnskip.harness.lm:FFNSkipLM"
 MANAGER = "lm_eval.tasks.manager"
 
 
@@ -47,7 +47,7 @@ def _add_our_tasks(module: ModuleType) -> None:
         self: Any, *args: Any, include_path: Any = None, include_defaults: bool = True, **kwargs: Any
     ) -> None:
         if include_defaults:
-            from .data import tasks_dir
+            from .taskdata.data import tasks_dir
 
             extra = [] if include_path is None else include_path
             extra = list(extra) if isinstance(extra, list | tuple) else [extra]

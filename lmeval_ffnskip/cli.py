@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .shapes import SHAPES
+from .instruments.shapes import SHAPES
 
 # methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
 SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
@@ -65,10 +65,10 @@ def bench_main(argv: list[str]) -> int:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .bench import add_ideal, decode_speed, default_configs, environment, prompt_batch
-    from .calibrate import with_calibration
-    from .checkpoints import resolve
-    from .shapes import shape_model, token_batch
+    from .harness.calibrate import with_calibration
+    from .harness.checkpoints import resolve
+    from .instruments.bench import add_ideal, decode_speed, default_configs, environment, prompt_batch
+    from .instruments.shapes import shape_model, token_batch
 
     targets = tuple(float(t) for t in args.targets.split(","))
     methods = tuple(args.methods.split(","))
@@ -158,9 +158,8 @@ def judge_main(argv: list[str]) -> int:
     """Grade logged mt_bench / vicuna80 samples with an LLM judge; exit 1 if some requests failed."""
     import os
 
-    from . import judge
-    from .checkpoints import cache_root
-    from .data import read_jsonl
+    from .taskdata import judge
+    from .taskdata.data import cache_root, read_jsonl
 
     parser = argparse.ArgumentParser(
         prog="ffnskip judge",
@@ -240,12 +239,18 @@ def flops_main(argv: list[str]) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .bench import prompt_batch
-    from .calibrate import with_calibration
-    from .checkpoints import resolve
-    from .flops import CONVENTION, analytic_decode_flops, decode_flops, results_frequency, skip_frequency
-    from .hf_compat import versions
-    from .policy import LAYER_METHODS, SkipPolicy
+    from .harness.calibrate import with_calibration
+    from .harness.checkpoints import resolve
+    from .instruments.bench import prompt_batch
+    from .instruments.flops import (
+        CONVENTION,
+        analytic_decode_flops,
+        decode_flops,
+        results_frequency,
+        skip_frequency,
+    )
+    from .skip.hf_compat import versions
+    from .skip.policy import LAYER_METHODS, SkipPolicy
 
     patterns: dict[str, tuple[list[float], bool]] = {}
     for source in args.results:
@@ -292,7 +297,7 @@ def flops_main(argv: list[str]) -> int:
 
 def calibrate_main(argv: list[str]) -> int:
     """Per-layer similarity curve, cold regions, and ffnskip settings for a target skip ratio."""
-    from .calibrate import Settings, calibrate
+    from .harness.calibrate import Settings, calibrate
 
     defaults = Settings()
     parser = argparse.ArgumentParser(
@@ -318,7 +323,7 @@ def calibrate_main(argv: list[str]) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .checkpoints import resolve
+    from .harness.checkpoints import resolve
 
     path = resolve(args.pretrained)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -372,12 +377,12 @@ def fidelity_main(argv: list[str]) -> int:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .calibrate import with_calibration
-    from .checkpoints import resolve
-    from .engine import make_engine
-    from .fidelity import continuations, measure, wikitext_sequences
-    from .hf_compat import versions
-    from .policy import SkipPolicy
+    from .harness.calibrate import with_calibration
+    from .harness.checkpoints import resolve
+    from .instruments.fidelity import continuations, measure, wikitext_sequences
+    from .skip.engine import make_engine
+    from .skip.hf_compat import versions
+    from .skip.policy import SkipPolicy
 
     path = resolve(args.pretrained)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -421,7 +426,7 @@ def fidelity_main(argv: list[str]) -> int:
 
 def sweep_main(argv: list[str]) -> int:
     """Run a sweep config into a results directory (resumable), and print its table."""
-    from .sweep import SHIPPED, SweepConfig, run
+    from .instruments.sweep import SHIPPED, SweepConfig, run
 
     shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
     parser = argparse.ArgumentParser(
@@ -452,10 +457,10 @@ def sweep_main(argv: list[str]) -> int:
 
 def compare_main(argv: list[str]) -> int:
     """The main job: a shipped sweep comparing methods, its table in the terminal and its report."""
-    from .compare import comparison, table
-    from .report import build, render
-    from .results import load_runs
-    from .sweep import SweepConfig, run
+    from .instruments.sweep import SweepConfig, run
+    from .reporting.compare import comparison, table
+    from .reporting.report import build, render
+    from .reporting.results import load_runs
 
     parser = argparse.ArgumentParser(
         prog="ffnskip compare",
@@ -483,8 +488,8 @@ def compare_main(argv: list[str]) -> int:
 
 def report_main(argv: list[str]) -> int:
     """Render a results directory as one self-contained HTML page."""
-    from .report import build, render
-    from .results import ResultsError, load_runs
+    from .reporting.report import build, render
+    from .reporting.results import ResultsError, load_runs
 
     parser = argparse.ArgumentParser(
         prog="ffnskip report",
@@ -536,8 +541,8 @@ def _gate_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def baseline_main(argv: list[str]) -> int:
     """Write a baseline for ``ffnskip check`` from a results directory."""
-    from .gate import Limits, baseline
-    from .results import ResultsError, load_runs
+    from .reporting.gate import Limits, baseline
+    from .reporting.results import ResultsError, load_runs
 
     parser = _gate_parser("ffnskip baseline", "Record a results directory's scores as a regression baseline.")
     parser.add_argument("-o", "--output", type=Path, required=True, help="baseline JSON to write")
@@ -557,8 +562,8 @@ def baseline_main(argv: list[str]) -> int:
 
 def check_main(argv: list[str]) -> int:
     """The regression gate: 0 pass, 1 regression, 2 bad input."""
-    from .gate import compare, limits_from, markdown, read_baseline, table, version_notes
-    from .results import ResultsError, load_runs
+    from .reporting.gate import compare, limits_from, markdown, read_baseline, table, version_notes
+    from .reporting.results import ResultsError, load_runs
 
     parser = _gate_parser(
         "ffnskip check",

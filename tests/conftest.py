@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lmeval_ffnskip.hf_compat import cache_keyword
+from lmeval_ffnskip.skip.hf_compat import cache_keyword
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 DATA_DIR = os.environ.get(
@@ -22,7 +22,7 @@ DATA_DIR = os.environ.get(
 
 def task_utils(task: str) -> ModuleType:
     """A task folder's ``utils.py`` as its own module (each task folder has one)."""
-    from lmeval_ffnskip.data import tasks_dir
+    from lmeval_ffnskip.taskdata.data import tasks_dir
 
     spec = importlib.util.spec_from_file_location(f"{task}_utils", tasks_dir() / task / "utils.py")
     module = importlib.util.module_from_spec(spec)
@@ -70,7 +70,7 @@ def alone_and_batched(model: torch.nn.Module, prompts: list[torch.Tensor], new_t
 def forced_and_stepwise(model: torch.nn.Module, policy: object, ids: torch.Tensor) -> tuple:
     """(engine, logits) of one forward pass over ``ids`` and of token-by-token decoding of them,
     each with ``policy`` attached and decisions recorded."""
-    from lmeval_ffnskip.engine import attach
+    from lmeval_ffnskip.skip.engine import attach
 
     with attach(model, policy, record=True) as forced:
         full = model(ids).logits
@@ -90,7 +90,7 @@ def arch_model(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[torch.nn.Module, object]:
-    from lmeval_ffnskip.checkpoints import resolve
+    from lmeval_ffnskip.harness.checkpoints import resolve
 
     path = resolve("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(path)

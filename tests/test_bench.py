@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from lmeval_ffnskip.bench import Config, _lockstep, add_ideal, decode_speed, default_configs
-from lmeval_ffnskip.calibrate import similarities
-from lmeval_ffnskip.engine import attach, generate_fixed, generation_stats
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.harness.calibrate import similarities
+from lmeval_ffnskip.instruments.bench import Config, _lockstep, add_ideal, decode_speed, default_configs
+from lmeval_ffnskip.skip.engine import attach, generate_fixed, generation_stats
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
 def test_decode_speed_rows_and_ideal():

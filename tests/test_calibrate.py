@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import DATA_DIR, tiny_model
 
-from lmeval_ffnskip import calibrate as cal
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.lm import FFNSkipLM
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.harness import calibrate as cal
+from lmeval_ffnskip.harness.lm import FFNSkipLM
+from lmeval_ffnskip.skip.engine import attach
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 SMALL = cal.Settings(prompts=4, prompt_tokens=32, new_tokens=24)
 
@@ -121,7 +121,7 @@ def test_profiles_drive_the_model_and_are_cached(smollm2, tmp_path, monkeypatch)
         FFNSkipLM(profile=str(corrupt), device="cpu")
 
     # profile=auto calibrates once per model and target, then reads the cache
-    monkeypatch.setattr("lmeval_ffnskip.checkpoints.cache_root", lambda: tmp_path / "cache")
+    monkeypatch.setattr("lmeval_ffnskip.taskdata.data.cache_root", lambda: tmp_path / "cache")
     calls = []
     monkeypatch.setattr(cal, "calibrate", lambda *args: calls.append(args[2:]) or profile)
     cached = cal.cached_profile(model, tok, 0.25, SMALL)
@@ -138,7 +138,7 @@ def test_calibrate_cli(tmp_path, monkeypatch, capsys):
     assert main(["calibrate", "--target", "1.5"]) == 2
     assert "out of range" in capsys.readouterr().err
     monkeypatch.setenv("FFNSKIP_DATA_DIR", str(tmp_path / "empty"))
-    monkeypatch.setattr("lmeval_ffnskip.data.urllib.request.urlopen", _offline)
+    monkeypatch.setattr("lmeval_ffnskip.taskdata.data.urllib.request.urlopen", _offline)
     assert main(["calibrate", "--prompts", "2", "--new-tokens", "4"]) == 2
     assert "wikitext2" in capsys.readouterr().err
 

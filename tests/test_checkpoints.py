@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from lmeval_ffnskip import checkpoints
+from lmeval_ffnskip.harness import checkpoints
 
 
 def test_other_names_pass_through():

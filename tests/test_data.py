@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR
 
-from lmeval_ffnskip import data
+from lmeval_ffnskip.taskdata import data
 
 REL = data.SOURCES["freebaseqa"].relpath
 

@@ -7,10 +7,10 @@ import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from transformers import DynamicCache
 
-from lmeval_ffnskip.adapters import ffn_sites
-from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.hf_compat import cache_keyword
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.skip.adapters import ffn_sites
+from lmeval_ffnskip.skip.engine import attach
+from lmeval_ffnskip.skip.hf_compat import cache_keyword
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
 def _ids(batch: int = 1, length: int = 20, seed: int = 1) -> torch.Tensor:

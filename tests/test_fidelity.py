@@ -10,8 +10,8 @@ import torch
 from conftest import DATA_DIR, tiny_model
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.fidelity import continuations, measure
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.instruments.fidelity import continuations, measure
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
 def test_dense_never_firing_and_skipping_rows():

@@ -9,8 +9,13 @@ import torch
 from conftest import ARCHS, tiny_model
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.flops import analytic_decode_flops, decode_flops, results_frequency, skip_frequency
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.instruments.flops import (
+    analytic_decode_flops,
+    decode_flops,
+    results_frequency,
+    skip_frequency,
+)
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -10,10 +10,10 @@ import torch
 from conftest import tiny_model
 from transformers import DynamicCache
 
-from lmeval_ffnskip import hf_compat
-from lmeval_ffnskip.engine import attach, generate_fixed
-from lmeval_ffnskip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.skip import hf_compat
+from lmeval_ffnskip.skip.engine import attach, generate_fixed
+from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
 def test_cache_is_found_by_either_keyword_or_by_type():
@@ -98,7 +98,7 @@ def test_eligible_tokens_are_generated_tokens_after_warmup_through_hflm(batch_si
     """Through lm-eval's own generation path (HFLM.generate_until -> _model_generate): every
     request's eligible tokens are its generated tokens (counted from the response text) minus the
     warm-up minus the last token (never fed back). Batch 3 is left-padded (prompts differ in length)."""
-    from lmeval_ffnskip.lm import FFNSkipLM
+    from lmeval_ffnskip.harness.lm import FFNSkipLM
 
     warmup = 4
     lm = FFNSkipLM(device="cpu", batch_size=batch_size, warmup=warmup, target_skip=0.25, threshold=0.5)

@@ -11,9 +11,9 @@ from typing import ClassVar
 import pytest
 from conftest import DATA_DIR, task_utils
 
-from lmeval_ffnskip import judge
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.conversation import encode_turns
+from lmeval_ffnskip.taskdata import judge
+from lmeval_ffnskip.taskdata.conversation import encode_turns
 
 
 @pytest.mark.parametrize(

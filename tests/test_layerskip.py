@@ -9,9 +9,9 @@ import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from test_engine import _ids
 
-from lmeval_ffnskip import layerskip
-from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.policy import SkipPolicy
+from lmeval_ffnskip.skip import layerskip
+from lmeval_ffnskip.skip.engine import attach
+from lmeval_ffnskip.skip.policy import SkipPolicy
 
 N_LAYERS = 12
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR
 
-from lmeval_ffnskip.checkpoints import resolve
-from lmeval_ffnskip.conversation import decode_answers
-from lmeval_ffnskip.lm import FFNSkipLM
+from lmeval_ffnskip.harness.checkpoints import resolve
+from lmeval_ffnskip.harness.lm import FFNSkipLM
+from lmeval_ffnskip.taskdata.conversation import decode_answers
 
 MC_DOCS = [
     {"question": "The capital of France is", "choices": [" Paris", " Berlin", " Rome"], "label": 0},

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import lmeval_ffnskip
-from lmeval_ffnskip.policy import SkipPolicy, default_cold
+from lmeval_ffnskip.skip.policy import SkipPolicy, default_cold
 
 
 def test_every_exported_method_runs():
     from conftest import tiny_model
 
-    from lmeval_ffnskip.engine import attach
+    from lmeval_ffnskip.skip.engine import attach
 
     methods = lmeval_ffnskip.METHODS
     assert methods == ("ffnskip", "spread", "dense", "random", "static", "shortgpt", "skipdecode")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.report import build, ffn_equivalent, render
-from lmeval_ffnskip.results import Run, load_runs
+from lmeval_ffnskip.reporting.report import build, ffn_equivalent, render
+from lmeval_ffnskip.reporting.results import Run, load_runs
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -245,7 +245,7 @@ def test_layer_methods_are_plotted_in_ffn_equivalents():
 
 
 def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_path, capsys):
-    from lmeval_ffnskip.hf_compat import versions
+    from lmeval_ffnskip.skip.hf_compat import versions
 
     now = versions()
     assert now["torch"] and now["transformers"] and now["lm_eval"]
@@ -276,8 +276,8 @@ def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_pat
 def test_compare_prints_the_table_from_the_files_and_writes_the_report(sweep_dir, tmp_path, capsys):
     """`ffnskip compare` over a finished sweep (its cells and extras reused, nothing recomputed):
     every figure in the table is the one in the results, fidelity and bench files."""
-    from lmeval_ffnskip.compare import comparison
-    from lmeval_ffnskip.results import load_runs
+    from lmeval_ffnskip.reporting.compare import comparison
+    from lmeval_ffnskip.reporting.results import load_runs
 
     work = tmp_path / "out"
     shutil.copytree(sweep_dir, work)
@@ -301,22 +301,24 @@ def test_compare_prints_the_table_from_the_files_and_writes_the_report(sweep_dir
 
 
 def test_axes_cover_the_data_and_methods_keep_their_colour():
-    from lmeval_ffnskip import svg
+    from lmeval_ffnskip.reporting import charts
 
     for lo, hi in [(0.0, 34.0), (0.3, 0.97), (12.0, 812.0), (-3.0, 7.5), (5.0, 5.0)]:
-        ticks = svg._ticks(lo, hi)
+        ticks = charts._ticks(lo, hi)
         assert ticks[0] <= lo and ticks[-1] >= hi, (lo, hi, ticks)
-    assert svg.colour("static") == svg.colour("static-0.25") != svg.colour("ffnskip")
-    assert svg.colour("Pareto front") not in {svg.colour(m) for m in ("dense", "ffnskip", "static", "spread")}
-    chart = svg.line_chart(
+    assert charts.colour("static") == charts.colour("static-0.25") != charts.colour("ffnskip")
+    assert charts.colour("Pareto front") not in {
+        charts.colour(m) for m in ("dense", "ffnskip", "static", "spread")
+    }
+    chart = charts.line_chart(
         "t", [("static", [(0.0, 1.0), (0.5, 3.3)]), ("Pareto front", [(0.5, 3.3)])], "x", "y"
     )
-    assert f'fill="{svg.colour("static")}" class="swatch" data-label="static"' in chart
+    assert f'fill="{charts.colour("static")}" class="swatch" data-label="static"' in chart
 
 
 def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
-    from lmeval_ffnskip.report import build, constant_zero
-    from lmeval_ffnskip.results import load_runs
+    from lmeval_ffnskip.reporting.report import build, constant_zero
+    from lmeval_ffnskip.reporting.results import load_runs
 
     runs = load_runs(sweep_dir)
     zero = constant_zero(runs)

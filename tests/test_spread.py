@@ -7,10 +7,10 @@ import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from test_engine import _count_ffn_rows, _ids
 
-from lmeval_ffnskip.calibrate import similarities
-from lmeval_ffnskip.engine import attach
-from lmeval_ffnskip.policy import SkipPolicy
-from lmeval_ffnskip.spread import _position_hash
+from lmeval_ffnskip.harness.calibrate import similarities
+from lmeval_ffnskip.skip.engine import attach
+from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.spread import _position_hash
 
 N_LAYERS = 12
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA_DIR
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.sweep import SHIPPED, SweepConfig, _flags, cells
+from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, _flags, cells
 
 
 def test_config_cells_and_errors(tmp_path):
@@ -95,7 +95,7 @@ metric_list:
 def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_path, capsys):
     """Every task and every cell's model_args are checked before the first cell runs (exit 2,
     one line naming the key and the valid choices); include_path adds the user's own YAMLs."""
-    from lmeval_ffnskip.sweep import validate
+    from lmeval_ffnskip.instruments.sweep import validate
 
     folder = tmp_path / "my_tasks"
     folder.mkdir()

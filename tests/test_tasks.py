@@ -9,8 +9,8 @@ import pytest
 from conftest import DATA_DIR, task_utils
 from lm_eval.api.instance import Instance
 
-from lmeval_ffnskip.conversation import FLAG, converse, decode_answers, encode_turns
-from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
+from lmeval_ffnskip.taskdata.conversation import FLAG, converse, decode_answers, encode_turns
+from lmeval_ffnskip.taskdata.metrics import repeated_ngram_rate, rouge
 
 
 @pytest.fixture(autouse=True)

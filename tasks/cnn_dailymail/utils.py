@@ -6,8 +6,8 @@ from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.data import locate, read_jsonl
-from lmeval_ffnskip.metrics import repeated_ngram_rate, rouge
+from lmeval_ffnskip.taskdata.data import locate, read_jsonl
+from lmeval_ffnskip.taskdata.metrics import repeated_ngram_rate, rouge
 
 # article length in words: small <= 470 < medium < 790 <= large (the paper's buckets)
 BUCKETS = {"small": (0, 470), "medium": (471, 789), "large": (790, 10**9)}

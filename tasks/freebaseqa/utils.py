@@ -9,7 +9,7 @@ from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.data import locate
+from lmeval_ffnskip.taskdata.data import locate
 
 PUNCTUATION = str.maketrans("", "", string.punctuation)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.data import locate
+from lmeval_ffnskip.taskdata.data import locate
 
 SPLITS = {"test": "test", "dev": "dev", "validation": "val"}
 FEATURES = datasets.Features(

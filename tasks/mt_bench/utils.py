@@ -6,9 +6,9 @@ from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.conversation import decode_answers, encode_turns
-from lmeval_ffnskip.data import locate, read_jsonl
-from lmeval_ffnskip.metrics import mean_defined, repeated_ngram_rate, rouge
+from lmeval_ffnskip.taskdata.conversation import decode_answers, encode_turns
+from lmeval_ffnskip.taskdata.data import locate, read_jsonl
+from lmeval_ffnskip.taskdata.metrics import mean_defined, repeated_ngram_rate, rouge
 
 __all__ = ["doc_to_target", "doc_to_text", "load", "mean_defined", "process_results"]
 

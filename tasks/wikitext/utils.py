@@ -7,7 +7,7 @@ from typing import Any
 import datasets
 from lm_eval.tasks.wikitext.preprocess_wikitext import process_results, wikitext_detokenizer
 
-from lmeval_ffnskip.data import split_articles, wikitext_articles
+from lmeval_ffnskip.taskdata.data import split_articles, wikitext_articles
 
 __all__ = ["load", "process_results", "split_articles", "wikitext_detokenizer"]
 

@@ -11,13 +11,13 @@ from typing import Any
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from . import LAYER_METHODS
-from .adapters import ffn_sites
+from ..skip import LAYER_METHODS
+from ..skip.adapters import ffn_sites
+from ..skip.engine import checked_generate, make_engine
+from ..skip.policy import SkipPolicy
+from ..skip.stats import SkipStats
+from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, resolve
-from .conversation import converse, is_conversation
-from .engine import checked_generate, make_engine
-from .policy import SkipPolicy
-from .stats import SkipStats
 
 log = logging.getLogger(__name__)
 

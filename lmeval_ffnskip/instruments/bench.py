@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import attach, generate_fixed, make_engine, spanning
-from .hf_compat import cache_keyword, output_cache, versions
-from .policy import LAYER_METHODS, SkipPolicy
+from ..skip.engine import attach, generate_fixed, make_engine, spanning
+from ..skip.hf_compat import cache_keyword, output_cache, versions
+from ..skip.policy import LAYER_METHODS, SkipPolicy
 
 PROMPTS = (
     "The history of the printing press begins",

@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import cache_root
-
 ENV = "FFNSKIP_DATA_DIR"
 
 
@@ -115,6 +113,13 @@ def _vicuna_table(name: str) -> str | None:
 LAYER_SKIP = "https://codeload.github.com/Ajay1994/layer-skip/tar.gz/60fadcbd"
 FASTCHAT = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench"
 HF = "https://huggingface.co/datasets"
+
+
+def cache_root() -> Path:
+    """Where downloaded data, dequantised checkpoints, calibration profiles and judge replies are
+    cached (``$XDG_CACHE_HOME/lmeval-ffnskip``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmeval-ffnskip"
 
 
 @dataclass(frozen=True)
@@ -232,8 +237,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def tasks_dir() -> Path:
     """The shipped lm-eval task YAMLs (inside the wheel, or ``tasks/`` of a source checkout)."""
-    here = Path(__file__).resolve().parent
-    return here / "tasks" if (here / "tasks").is_dir() else here.parent / "tasks"
+    package = Path(__file__).resolve().parent.parent
+    return package / "tasks" if (package / "tasks").is_dir() else package.parent / "tasks"
 
 
 WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")  # top-level ` = Title = `; sections are ` = = Section = = `

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..taskdata.data import cache_root
+
 log = logging.getLogger(__name__)
 
 
@@ -42,12 +44,6 @@ EMBEDDED: dict[str, Embedded] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def cache_root() -> Path:
-    """Where dequantised checkpoints are kept (``$XDG_CACHE_HOME/lmeval-ffnskip``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lmeval-ffnskip"
 
 
 def _gguf_path(alias: str, spec: Embedded, workdir: Path) -> Path:

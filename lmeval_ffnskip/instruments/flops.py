@@ -20,10 +20,10 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from transformers import DynamicCache
 
-from .adapters import ffn_sites
-from .engine import generation_stats
-from .hf_compat import cache_keyword
-from .policy import LAYER_METHODS, SkipPolicy
+from ..skip.adapters import ffn_sites
+from ..skip.engine import generation_stats
+from ..skip.hf_compat import cache_keyword
+from ..skip.policy import LAYER_METHODS, SkipPolicy
 
 CONVENTION = (
     "multiply-accumulates of matrix products (fvcore: one multiply-add = one flop); "

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import LAYER_METHODS
-from .data import read_jsonl
+from ..skip import LAYER_METHODS
+from ..taskdata.data import read_jsonl
 
 # metrics reported on their own scale (prefixes); every other metric is a 0-1 share
 RAW_METRICS = (

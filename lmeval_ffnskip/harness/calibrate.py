@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ffn_sites
-from .data import wikitext_articles
-from .engine import generate_fixed, generation_stats
-from .hf_compat import versions
-from .policy import SkipPolicy
+from ..skip.adapters import ffn_sites
+from ..skip.engine import generate_fixed, generation_stats
+from ..skip.hf_compat import versions
+from ..skip.policy import SkipPolicy
+from ..taskdata.data import wikitext_articles
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
 THRESHOLDS = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))  # 0.5 .. 0.995
@@ -274,7 +274,7 @@ def read_profile(path: Path, n_layers: int) -> dict[str, Any]:
 
 def _cache_path(model: nn.Module, kind: str, key: list[Any]) -> Path:
     """Where a per-model calibration result is cached (keyed by model name, kind and ``key``)."""
-    from .checkpoints import cache_root
+    from ..taskdata.data import cache_root
 
     name = str(getattr(model.config, "_name_or_path", "")) or type(model).__name__
     digest = hashlib.sha256(json.dumps([name, kind, *key]).encode()).hexdigest()[:16]
@@ -322,7 +322,7 @@ def cached_block_influence(
     model: nn.Module, tokenizer: Any, settings: Settings = Settings(prompt_tokens=128)
 ) -> tuple[float, ...]:
     """ShortGPT's Block Influence of every layer on the calibration prompts, cached per model."""
-    from .layerskip import block_influence
+    from ..skip.layerskip import block_influence
 
     def measure() -> dict[str, Any]:
         batch = _batch(tokenizer, wikitext_prompts(tokenizer, settings)[0], model.device)

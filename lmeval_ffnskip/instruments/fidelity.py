@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .engine import attach, generate_fixed
-from .policy import SkipPolicy
+from ..skip.engine import attach, generate_fixed
+from ..skip.policy import SkipPolicy
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def continuations(model: nn.Module, prompts: torch.Tensor, new_tokens: int) -> t
 
 def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tensor:
     """The first ``length`` tokens of the first ``count`` WikiText-2 test articles that long."""
-    from .data import wikitext_articles
+    from ..taskdata.data import wikitext_articles
 
     ids = [tokenizer.encode(page) for page in wikitext_articles()]
     rows = [seq[:length] for seq in ids if len(seq) >= length][:count]

@@ -12,7 +12,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from . import LAYER_METHODS, svg
+from ..skip import LAYER_METHODS
+from . import charts as svg
 from .results import Run, bench_row, fidelity_row, finite, flops_per_token
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

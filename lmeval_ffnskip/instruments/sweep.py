@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import read_jsonl
-from .metrics import rouge
+from ..taskdata.data import read_jsonl
+from ..taskdata.metrics import rouge
 
 SHIPPED = Path(__file__).resolve().parent / "sweeps"
 
@@ -80,9 +80,9 @@ def validate(cfg: SweepConfig, task_manager: Any) -> None:
 
     from transformers import AutoConfig
 
-    from .checkpoints import resolve
-    from .lm import POLICY_ARGS, valid_args
-    from .policy import SkipPolicy
+    from ..harness.checkpoints import resolve
+    from ..harness.lm import POLICY_ARGS, valid_args
+    from ..skip.policy import SkipPolicy
 
     known = set(task_manager.all_tasks)
     for task in cfg.tasks:
@@ -135,7 +135,7 @@ def run_cell(cfg: SweepConfig, model: str, cell: Cell, folder: Path, task_manage
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable
 
-    from .hf_compat import versions
+    from ..skip.hf_compat import versions
 
     if (folder / "results.json").exists():
         return False
@@ -215,7 +215,7 @@ def run(cfg: SweepConfig, out: Path, progress: bool = True) -> list[dict[str, An
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from .checkpoints import resolve
+    from ..harness.checkpoints import resolve
 
     task_manager = cfg.task_manager()
     validate(cfg, task_manager)
@@ -266,7 +266,7 @@ def summary_row(model: str, cell: Cell, results: dict[str, Any]) -> dict[str, An
 
 def _extras(cfg: SweepConfig, model: str, root: Path) -> None:
     """FLOPs, decode speed, calibration and fidelity per model, once (skipped when their JSON exists)."""
-    from .cli import main
+    from ..cli import main
 
     for name, options, fixed in (
         ("flops", cfg.flops, []),
