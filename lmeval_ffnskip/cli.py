@@ -18,9 +18,6 @@ from pathlib import Path
 
 from .instruments.shapes import SHAPES
 
-# methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
-SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
-
 
 def bench_main(argv: list[str]) -> int:
     """Parse ``ffnskip bench`` arguments, run the measurement, print a table, write JSON."""
@@ -33,7 +30,8 @@ def bench_main(argv: list[str]) -> int:
     parser.add_argument(
         "--shape",
         help="instead of --pretrained: a shipped architecture with random weights (speed only; "
-        "ffnskip's trigger forced at its first check), one of " + ", ".join(SHAPES),
+        "ffnskip's trigger forced at its first check; methods: ffnskip, static, random, skipdecode), one of "
+        + ", ".join(SHAPES),
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
@@ -59,65 +57,27 @@ def bench_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows and environment here")
     args = parser.parse_args(argv)
 
-    import dataclasses
+    from .instruments.bench import run_bench
 
-    import torch
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .harness.calibrate import with_calibration
-    from .harness.checkpoints import resolve
-    from .instruments.bench import add_ideal, decode_speed, default_configs, environment, prompt_batch
-    from .instruments.shapes import shape_model, token_batch
-
-    targets = tuple(float(t) for t in args.targets.split(","))
-    methods = tuple(args.methods.split(","))
-    dtype = getattr(torch, args.dtype)
-    if args.shape:
-        bad = sorted(set(methods) - set(SHAPE_METHODS))
-        if args.shape not in SHAPES or bad:
-            print(
-                f"ffnskip bench: --shape {args.shape} is unknown (shipped: {', '.join(SHAPES)})"
-                if args.shape not in SHAPES
-                else f"ffnskip bench: --methods {','.join(bad)} decide from the weights, which --shape "
-                f"models have at random; use {', '.join(SHAPE_METHODS)}",
-                file=sys.stderr,
-            )
-            return 2
-        model = shape_model(args.shape, dtype, args.device)
-        configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
-
-        def batch_of(size: int) -> dict:
-            return token_batch(model.config.vocab_size, size, model.device)
-    else:
-        path = resolve(args.pretrained)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(args.device).eval()
-        configs = [
-            dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
-            for c in default_configs(targets, args.threshold, methods)
-        ]
-
-        def batch_of(size: int) -> dict:
-            return prompt_batch(tokenizer, size, model.device)
-
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
-    rows = [
-        row
-        for bs in tqdm(sizes, desc="batch sizes")
-        for row in decode_speed(
-            model,
-            batch_of(bs),
-            configs,
-            args.new_tokens,
-            args.reps,
+    try:
+        payload = run_bench(
+            pretrained=args.pretrained,
+            shape=args.shape,
+            device=args.device,
+            dtype=args.dtype,
+            batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
+            targets=[float(t) for t in args.targets.split(",")],
+            methods=args.methods.split(","),
+            threshold=args.threshold,
+            new_tokens=args.new_tokens,
+            reps=args.reps,
+            stat=args.stat,
             lockstep=args.lockstep,
         )
-    ]
-    add_ideal(rows, args.stat)
-    env = environment(model)
-    if args.shape:
-        env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
+    except ValueError as err:
+        print(f"ffnskip bench: {err}", file=sys.stderr)
+        return 2
+    env, rows = payload["environment"], payload["rows"]
     print(json.dumps(env))
     print(
         f"{'config':<14}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
@@ -133,7 +93,7 @@ def bench_main(argv: list[str]) -> int:
             f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{ideal:>7}{share:>9}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 
@@ -237,67 +197,40 @@ def flops_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from .instruments.flops import run_flops
 
-    from .harness.calibrate import with_calibration
-    from .harness.checkpoints import resolve
-    from .instruments.bench import prompt_batch
-    from .instruments.flops import (
-        CONVENTION,
-        analytic_decode_flops,
-        decode_flops,
-        results_frequency,
-        skip_frequency,
-    )
-    from .skip.hf_compat import versions
-    from .skip.policy import LAYER_METHODS, SkipPolicy
-
-    patterns: dict[str, tuple[list[float], bool]] = {}
-    for source in args.results:
-        try:
-            patterns[source.name] = results_frequency(json.loads(source.read_text()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            print(f"ffnskip flops: {source}: {err}", file=sys.stderr)
-            return 2
-    path = resolve(args.pretrained)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    dense = decode_flops(model, args.context)
-    analytic = analytic_decode_flops(model.config, args.context)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    batch = prompt_batch(tokenizer, 1, model.device)
-    for method in args.methods.split(","):
-        for target in (float(t) for t in args.targets.split(",") if t):
-            policy = SkipPolicy(method=method, target_skip=target, threshold=args.threshold, warmup=0)
-            policy = with_calibration(policy, model, tokenizer)
-            frequency = skip_frequency(model, batch, policy, args.new_tokens)
-            patterns[f"{method}-{target:g}"] = (frequency, method in LAYER_METHODS)
-    rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
-        {"config": name, "skip": sum(f) / len(f), **dense.skipping(f, whole).as_dict()}
-        for name, (f, whole) in patterns.items()
-    ]
-    print(f"{args.pretrained}, context {args.context}: {CONVENTION}")
-    print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense.total / 1e6:.2f} M "
-          f"({dense.total / analytic - 1:+.3%})")  # fmt: skip
+    try:
+        payload = run_flops(
+            pretrained=args.pretrained,
+            context=args.context,
+            targets=[float(t) for t in args.targets.split(",") if t],
+            methods=args.methods.split(","),
+            threshold=args.threshold,
+            new_tokens=args.new_tokens,
+            results=args.results,
+        )
+    except ValueError as err:
+        print(f"ffnskip flops: {err}", file=sys.stderr)
+        return 2
+    rows, analytic = payload["rows"], payload["analytic_dense_total"]
+    dense_total = rows[0]["total"]
+    print(f"{args.pretrained}, context {args.context}: {payload['convention']}")
+    print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense_total / 1e6:.2f} M "
+          f"({dense_total / analytic - 1:+.3%})")  # fmt: skip
     print(f"{'config':<16}{'skip':>7}{'total M':>10}{'attn M':>9}{'FFN M':>9}{'head M':>9}{'saving':>8}")
     for r in rows:
         print(
             f"{r['config']:<16}{r['skip']:>7.1%}{r['total'] / 1e6:>10.2f}{r['attention'] / 1e6:>9.2f}"
-            f"{r['ffn'] / 1e6:>9.2f}{r['lm_head'] / 1e6:>9.2f}{1 - r['total'] / dense.total:>8.1%}"
+            f"{r['ffn'] / 1e6:>9.2f}{r['lm_head'] / 1e6:>9.2f}{1 - r['total'] / dense_total:>8.1%}"
         )
     if args.json:
-        payload = {
-            "model": args.pretrained,
-            "convention": CONVENTION,
-            "analytic_dense_total": analytic,
-            "versions": versions(),
-        }
-        args.json.write_text(json.dumps({**payload, "rows": rows}, indent=2))
+        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 
 def calibrate_main(argv: list[str]) -> int:
     """Per-layer similarity curve, cold regions, and ffnskip settings for a target skip ratio."""
-    from .harness.calibrate import Settings, calibrate
+    from .harness.calibrate import Settings, run_calibrate
 
     defaults = Settings()
     parser = argparse.ArgumentParser(
@@ -317,21 +250,16 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--tolerance", type=float, default=defaults.tolerance)
     parser.add_argument("--json", type=Path, help="write the profile here")
     args = parser.parse_args(argv)
-    if not 0 < args.target < 1:
-        print(f"ffnskip calibrate: --target {args.target} is out of range (0, 1)", file=sys.stderr)
-        return 2
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .harness.checkpoints import resolve
-
-    path = resolve(args.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).to(args.device).eval()
-    settings = Settings(args.prompts, args.prompt_tokens, args.new_tokens, args.tolerance)
     try:
-        profile = calibrate(
-            model, tokenizer, args.target, settings, lambda line: print(line, file=sys.stderr)
+        profile = run_calibrate(
+            pretrained=args.pretrained,
+            device=args.device,
+            target=args.target,
+            prompts=args.prompts,
+            prompt_tokens=args.prompt_tokens,
+            new_tokens=args.new_tokens,
+            tolerance=args.tolerance,
+            log=lambda line: print(line, file=sys.stderr),
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip calibrate: {err}", file=sys.stderr)
@@ -373,54 +301,32 @@ def fidelity_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
-    import dataclasses
+    from .instruments.fidelity import run_fidelity
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .harness.calibrate import with_calibration
-    from .harness.checkpoints import resolve
-    from .instruments.fidelity import continuations, measure, wikitext_sequences
-    from .skip.engine import make_engine
-    from .skip.hf_compat import versions
-    from .skip.policy import SkipPolicy
-
-    path = resolve(args.pretrained)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
     try:
-        if args.source == "wikitext":
-            sequences = wikitext_sequences(tokenizer, args.sequences, args.length)
-        else:
-            prompts = wikitext_sequences(tokenizer, args.sequences, args.warmup)
-            sequences = continuations(model, prompts, args.length - args.warmup)
-        methods = args.methods.split(",")
-        common = {"threshold": args.threshold, "cold_start": args.cold_start, "cold_end": args.cold_end}
-        policies = {
-            f"{m}-{float(t):g}": with_calibration(
-                SkipPolicy(method=m, target_skip=float(t), **common), model, tokenizer
-            )
-            for m in methods
-            for t in args.targets.split(",")
-        }
-        for policy in policies.values():
-            make_engine(model, policy)  # a bad combination fails here, not mid-run
+        payload = run_fidelity(
+            pretrained=args.pretrained,
+            methods=args.methods.split(","),
+            targets=[float(t) for t in args.targets.split(",")],
+            threshold=args.threshold,
+            cold_start=args.cold_start,
+            cold_end=args.cold_end,
+            source=args.source,
+            sequences=args.sequences,
+            length=args.length,
+            warmup=args.warmup,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip fidelity: {err}", file=sys.stderr)
         return 2
-    rows = measure(model, sequences, policies, args.warmup)
-    print(f"{args.pretrained}, {args.source}: {sequences.shape[0]} x {sequences.shape[1]} tokens, "
+    rows, (n_seq, n_tok) = payload["rows"], payload["shape"]
+    print(f"{args.pretrained}, {args.source}: {n_seq} x {n_tok} tokens, "
           f"first {args.warmup} positions full")  # fmt: skip
     print(f"{'config':<16}{'skipped':>9}{'top-1 = dense':>15}{'perplexity':>12}")
     for r in rows:
-        print(f"{r.name:<16}{r.skip_ratio:>9.1%}{r.top1_agreement:>15.3f}{r.perplexity:>12.2f}")
+        print(f"{r['name']:<16}{r['skip_ratio']:>9.1%}{r['top1_agreement']:>15.3f}{r['perplexity']:>12.2f}")
     if args.json:
-        payload = {
-            "model": args.pretrained,
-            "source": args.source,
-            "shape": list(sequences.shape),
-            "versions": versions(),
-        }
-        args.json.write_text(json.dumps({**payload, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2))
+        args.json.write_text(json.dumps(payload, indent=2))
     return 0
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import DATA_DIR
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, _flags, cells
+from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, cells
 
 
 def test_config_cells_and_errors(tmp_path):
@@ -33,9 +33,6 @@ def test_config_cells_and_errors(tmp_path):
     assert main(["sweep", str(bad), "--out", str(tmp_path / "out")]) == 2
     for shipped in SHIPPED.glob("*.yaml"):
         assert cells(SweepConfig.load(Path(shipped.stem)))  # every shipped config parses
-    # a model's extras run as CLI commands: lists joined, switches bare (left out when false)
-    options = {"batch_sizes": [1, 8], "new_tokens": 16, "lockstep": True, "verbose": False}
-    assert _flags(options) == ["--batch-sizes", "1,8", "--new-tokens", "16", "--lockstep"]
 
 
 def test_sweep_resumes_and_measures_agreement(sweep_dir, tmp_path, monkeypatch):
@@ -120,6 +117,7 @@ def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_p
             "model_args": {"warmpu": 3},
         },
         "cell static-1.5: target_skip=1.5 is out of range": {"methods": ["static"], "targets": [1.5]},
+        "bench: unknown options batch_size; valid: batch_sizes, dtype, ": {"bench": {"batch_size": [1]}},
         "cell ffnskip-0.9: target_skip=0.9 asks for 27 of 30 FFNs": {
             "methods": ["ffnskip"],
             "targets": [0.9],

@@ -339,3 +339,23 @@ def with_calibration(policy: SkipPolicy, model: nn.Module, tokenizer: Any) -> Sk
     if policy.method == "shortgpt" and policy.influence is None:
         return replace(policy, influence=cached_block_influence(model, tokenizer))
     return policy
+
+
+def run_calibrate(
+    pretrained: str = "smollm2-135m",
+    device: str = "cpu",
+    target: float = 0.25,
+    prompts: int = Settings.prompts,
+    prompt_tokens: int = Settings.prompt_tokens,
+    new_tokens: int = Settings.new_tokens,
+    tolerance: float = Settings.tolerance,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """``ffnskip calibrate``: load ``pretrained`` and ``calibrate`` it for ``target`` (``log``
+    gets a line per decoding run)."""
+    from .checkpoints import load
+
+    if not 0 < target < 1:
+        raise ValueError(f"target={target} is out of range (0, 1)")
+    model, tokenizer = load(pretrained, device)
+    return calibrate(model, tokenizer, target, Settings(prompts, prompt_tokens, new_tokens, tolerance), log)

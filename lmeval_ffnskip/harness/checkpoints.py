@@ -14,6 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..taskdata.data import cache_root
 
@@ -58,6 +59,16 @@ def _gguf_path(alias: str, spec: Embedded, workdir: Path) -> Path:
         module = importlib.import_module(spec.package)
         return Path(module.assemble(workdir / spec.gguf_name))
     return Path(next(iter(found.submodule_search_locations))) / spec.gguf_name
+
+
+def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """(model in eval mode on ``device``, tokenizer) of an embedded alias, HF id or local dir."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(pretrained)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
 
 
 def resolve(pretrained: str) -> str:

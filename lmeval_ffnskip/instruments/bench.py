@@ -12,12 +12,14 @@ median unless asked otherwise (``add_ideal``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import platform
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -338,3 +340,67 @@ def environment(model: nn.Module) -> dict[str, object]:
         **versions(),
         "model": getattr(model.config, "_name_or_path", ""),
     }
+
+
+# methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
+SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
+
+
+def run_bench(
+    pretrained: str = "smollm2-135m",
+    shape: str | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_sizes: Sequence[int] = (1, 8),
+    targets: Sequence[float] = (0.05, 0.25, 0.5),
+    methods: Sequence[str] = ("ffnskip",),
+    threshold: float = 0.9,
+    new_tokens: int = 128,
+    reps: int = 3,
+    stat: str = "p50",
+    lockstep: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``ffnskip bench``: decode speed of every configuration at every batch size, beside the
+    ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
+    (weight-independent methods only). Returns ``{"environment": ..., "rows": [...]}``."""
+    from tqdm import tqdm
+
+    from ..harness.calibrate import with_calibration
+    from ..harness.checkpoints import load
+    from .shapes import SHAPES, shape_model, token_batch
+
+    targets, methods = tuple(float(t) for t in targets), tuple(methods)
+    if shape is not None:
+        if shape not in SHAPES:
+            raise ValueError(f"shape={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
+        if bad := sorted(set(methods) - set(SHAPE_METHODS)):
+            raise ValueError(
+                f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
+                f"use {', '.join(SHAPE_METHODS)}"
+            )
+        model = shape_model(shape, getattr(torch, dtype), device)
+        configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
+
+        def batch_of(size: int) -> dict:
+            return token_batch(model.config.vocab_size, size, model.device)
+    else:
+        model, tokenizer = load(pretrained, device, dtype)
+        configs = [
+            dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
+            for c in default_configs(targets, threshold, methods)
+        ]
+
+        def batch_of(size: int) -> dict:
+            return prompt_batch(tokenizer, size, model.device)
+
+    rows = [
+        row
+        for size in tqdm([int(b) for b in batch_sizes], desc="batch sizes", disable=not progress)
+        for row in decode_speed(model, batch_of(size), configs, new_tokens, reps, lockstep=lockstep)
+    ]
+    add_ideal(rows, stat)
+    env = environment(model)
+    if shape is not None:
+        env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
+    return {"environment": env, "rows": rows}

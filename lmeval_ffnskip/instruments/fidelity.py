@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,3 +85,50 @@ def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tens
     if len(rows) < count:
         raise ValueError(f"only {len(rows)} WikiText-2 articles have {length} tokens; lower --length")
     return torch.tensor(rows)
+
+
+def run_fidelity(
+    pretrained: str = "smollm2-135m",
+    methods: Sequence[str] = ("ffnskip", "static", "random"),
+    targets: Sequence[float] = (0.1, 0.25, 0.4),
+    threshold: float = 0.9,
+    cold_start: int | None = None,
+    cold_end: int | None = None,
+    source: str = "wikitext",
+    sequences: int = 8,
+    length: int = 256,
+    warmup: int = 32,
+) -> dict[str, Any]:
+    """``ffnskip fidelity``: teacher-forced top-1 agreement with dense and perplexity of every
+    method x target over WikiText-2 text or the dense model's own continuations (``source``)."""
+    from ..harness.calibrate import with_calibration
+    from ..harness.checkpoints import load
+    from ..skip.engine import make_engine
+    from ..skip.hf_compat import versions
+
+    if source not in ("wikitext", "continuations"):
+        raise ValueError(f"source={source!r} is unknown; use wikitext or continuations")
+    model, tokenizer = load(pretrained)
+    if source == "wikitext":
+        ids = wikitext_sequences(tokenizer, sequences, length)
+    else:
+        ids = continuations(model, wikitext_sequences(tokenizer, sequences, warmup), length - warmup)
+    common = {"threshold": threshold, "cold_start": cold_start, "cold_end": cold_end}
+    policies = {
+        f"{m}-{float(t):g}": with_calibration(
+            SkipPolicy(method=m, target_skip=float(t), **common), model, tokenizer
+        )
+        for m in methods
+        for t in targets
+    }
+    for policy in policies.values():
+        make_engine(model, policy)  # a bad combination fails here, not mid-run
+    rows = measure(model, ids, policies, warmup)
+    return {
+        "model": pretrained,
+        "source": source,
+        "shape": list(ids.shape),
+        "warmup": warmup,
+        "versions": versions(),
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }

@@ -11,7 +11,9 @@ check of ``ffnskip`` is two d-long dot products per checked layer, also uncounte
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -146,3 +148,50 @@ def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
     if frequency is None:
         raise ValueError("no token of that run was eligible for skipping")
     return frequency, info.get("policy", {}).get("method") in LAYER_METHODS
+
+
+def run_flops(
+    pretrained: str = "smollm2-135m",
+    context: int = 512,
+    targets: Sequence[float] = (0.25, 0.5),
+    methods: Sequence[str] = ("ffnskip",),
+    threshold: float = 0.9,
+    new_tokens: int = 64,
+    results: Sequence[str | Path] = (),
+) -> dict[str, Any]:
+    """``ffnskip flops``: one decoding step's FLOPs split by part, dense and for the skip pattern of
+    each method x target (a greedy generation) and of each lm-eval ``results`` file."""
+    import json
+
+    from ..harness.calibrate import with_calibration
+    from ..harness.checkpoints import load
+    from ..skip.hf_compat import versions
+    from .bench import prompt_batch
+
+    patterns: dict[str, tuple[list[float], bool]] = {}
+    for source in map(Path, results):
+        try:
+            patterns[source.name] = results_frequency(json.loads(source.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{source}: {err}") from err
+    model, tokenizer = load(pretrained)
+    dense = decode_flops(model, context)
+    batch = prompt_batch(tokenizer, 1, model.device)
+    for method in methods:
+        for target in map(float, targets):
+            policy = SkipPolicy(method=method, target_skip=target, threshold=threshold, warmup=0)
+            policy = with_calibration(policy, model, tokenizer)
+            frequency = skip_frequency(model, batch, policy, new_tokens)
+            patterns[f"{method}-{target:g}"] = (frequency, method in LAYER_METHODS)
+    rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
+        {"config": name, "skip": sum(f) / len(f), **dense.skipping(f, whole).as_dict()}
+        for name, (f, whole) in patterns.items()
+    ]
+    return {
+        "model": pretrained,
+        "context": context,
+        "convention": CONVENTION,
+        "analytic_dense_total": analytic_decode_flops(model.config, context),
+        "versions": versions(),
+        "rows": rows,
+    }

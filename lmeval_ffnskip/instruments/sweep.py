@@ -11,10 +11,12 @@ loses nothing finished and a rerun computes only the missing cells.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,13 @@ def validate(cfg: SweepConfig, task_manager: Any) -> None:
             near = difflib.get_close_matches(task, sorted(known), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else "; add its folder to include_path"
             raise ValueError(f"tasks: {task!r} is not a task lm-eval knows{hint}")
+    for name, run in instruments().items():
+        options = getattr(cfg, name) or {}
+        valid = set(inspect.signature(run).parameters) - {"pretrained", "device", "progress", "log"}
+        if unknown := sorted(set(options) - valid):
+            raise ValueError(
+                f"{name}: unknown options {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
     depths = {m: AutoConfig.from_pretrained(resolve(m)).num_hidden_layers for m in cfg.models}
     for cell in cells(cfg):
         if unknown := sorted(set(cell.model_args) - valid_args()):
@@ -264,33 +273,24 @@ def summary_row(model: str, cell: Cell, results: dict[str, Any]) -> dict[str, An
     }
 
 
+def instruments() -> dict[str, Callable[..., dict[str, Any]]]:
+    """The per-model measurements a config can ask for, by its key: library functions that take
+    the config's options as keyword arguments and return the JSON written beside the cells."""
+    from ..harness.calibrate import run_calibrate
+    from .bench import run_bench
+    from .fidelity import run_fidelity
+    from .flops import run_flops
+
+    return {"flops": run_flops, "bench": run_bench, "calibrate": run_calibrate, "fidelity": run_fidelity}
+
+
 def _extras(cfg: SweepConfig, model: str, root: Path) -> None:
     """FLOPs, decode speed, calibration and fidelity per model, once (skipped when their JSON exists)."""
-    from ..cli import main
-
-    for name, options, fixed in (
-        ("flops", cfg.flops, []),
-        ("bench", cfg.bench, ["--device", cfg.device]),
-        ("calibrate", cfg.calibrate, ["--device", cfg.device]),
-        ("fidelity", cfg.fidelity, []),
-    ):
+    for name, run in instruments().items():
+        options = getattr(cfg, name)
         target = root / f"{name}.json"
         if options is None or target.exists():
             continue
-        partial = target.with_name(f"{name}.json.partial")
-        if main([name, "--pretrained", model, *fixed, "--json", str(partial), *_flags(options)]) != 0:
-            raise RuntimeError(f"ffnskip {name} failed for {model}; the finished cells are kept")
-        partial.rename(target)
-
-
-def _flags(options: dict[str, Any]) -> list[str]:
-    """``{"new_tokens": 64, "batch_sizes": [1, 8], "lockstep": True}`` -> ``["--new-tokens", "64",
-    "--batch-sizes", "1,8", "--lockstep"]`` (a false switch is left out)."""
-    flags = []
-    for key, value in options.items():
-        flag = f"--{key.replace('_', '-')}"
-        if isinstance(value, bool):
-            flags += [flag] if value else []
-        else:
-            flags += [flag, ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    return flags
+        params = inspect.signature(run).parameters
+        fixed = {k: v for k, v in (("device", cfg.device), ("progress", False)) if k in params}
+        _write_json(target, run(pretrained=model, **fixed, **options))
