@@ -39,8 +39,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     def cell(value: float | None, fmt: str) -> str:
         return "-" if value is None else fmt.format(value)
 
+    width = max([len(t) + 7 for t in tasks] + [14])
     head = f"{'model':<14}{'config':<14}{'skipped':>8}"
-    head += "".join(f"{t[:14] + ' agree':>22}" for t in tasks)
+    head += "".join(f"{t + ' agree':>{width}}" for t in tasks)
     head += f"{'top-1=dense':>12}{'perplexity':>11}{'speedup':>9}{'ideal':>7}"
     lines = [head]
     for r in rows:
@@ -48,7 +49,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         for t in tasks:
             rouge, exact = r["agreement"].get(t), r["agreement_exact"].get(t)
             both = "dense" if r["config"] == "dense" else f"{cell(rouge, '{:.1f}')} / {cell(exact, '{:.0f}')}"
-            line += f"{both:>22}"
+            line += f"{both:>{width}}"
         line += f"{cell(r['top1'], '{:.3f}'):>12}{cell(r['perplexity'], '{:.2f}'):>11}"
         line += f"{cell(r['speedup'], '{:.3f}'):>9}{cell(r['ideal_speedup'], '{:.3f}'):>7}"
         lines.append(line)

@@ -41,7 +41,7 @@ def ffn_sites(model: nn.Module) -> tuple[nn.Module, list[FFNSite]]:
         raise NotImplementedError(
             f"FFN skipping does not support model_type={model_type!r}; supported: "
             f"{', '.join(sorted(ARCHITECTURES))}. Other dense decoder-only models need an entry "
-            "in lmeval_ffnskip/adapters.py:ARCHITECTURES."
+            "in lmeval_ffnskip/skip/adapters.py:ARCHITECTURES."
         )
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
