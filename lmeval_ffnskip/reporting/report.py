@@ -292,6 +292,12 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def _table(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's leaderboard; ``has`` says which optional columns any row fills."""
+    has = {k: any(r[k] is not None for r in rows) for k in ("top1", "speedup", "mflops", "peak_mb")}
+    return {"model": model, "rows": rows, "has": has}
+
+
 def build(runs: list[Run], source: str) -> dict[str, Any]:
     """Everything the template shows."""
     tasks, rows = leaderboard(runs)
@@ -299,7 +305,7 @@ def build(runs: list[Run], source: str) -> dict[str, Any]:
     return {
         "source": source,
         "columns": columns(runs),
-        "tables": [{"model": m, "rows": [r for r in rows if r["model"] == m]} for m in models],
+        "tables": [_table(m, [r for r in rows if r["model"] == m]) for m in models],
         "constant_zero": constant_zero(runs),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": sorted({r.model for r in runs}),
