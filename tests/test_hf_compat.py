@@ -3,7 +3,9 @@ release passes it in a way we cannot read, and eligible tokens counted from what
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from conftest import tiny_model
 from transformers import DynamicCache
 
 from lmeval_ffnskip.skip import hf_compat
-from lmeval_ffnskip.skip.engine import attach, generate_fixed
+from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
 from lmeval_ffnskip.skip.policy import SkipPolicy
 
@@ -110,3 +112,26 @@ def test_eligible_tokens_are_generated_tokens_after_warmup_through_hflm(batch_si
     stats = lm.skip_stats
     assert stats.eligible == sum(n - 1 - warmup for n in generated)
     assert stats.skipped == stats.eligible * lm.engine.layout.k  # threshold 0.5 fires on every token
+
+
+def test_prompt_lengths_the_engine_misread_and_beam_search_are_refused(monkeypatch):
+    model = tiny_model("llama")
+    ids = torch.randint(3, 97, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    beams = partial(model.generate, input_ids=ids, attention_mask=mask, max_new_tokens=3, num_beams=2)
+    with attach(model, SkipPolicy(warmup=1)), pytest.raises(NotImplementedError, match="beam search"):
+        checked_generate(model, mask, beams)
+    # an engine that reads the padding wrong (every position real) is caught after the call
+    real = hf_compat.PassTokens.read
+
+    def unpadded(args: tuple, kwargs: dict) -> hf_compat.PassTokens:
+        tokens = real(args, kwargs)
+        return dataclasses.replace(tokens, real=torch.ones_like(tokens.real))
+
+    monkeypatch.setattr(hf_compat.PassTokens, "read", staticmethod(unpadded))
+    with (
+        attach(model, SkipPolicy(warmup=1)),
+        pytest.raises(IncompatibleTransformers, match=r"\[7, 7\].*\[7, 5\]"),
+    ):
+        generate_fixed(model, {"input_ids": ids, "attention_mask": mask}, 4)

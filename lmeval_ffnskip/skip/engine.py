@@ -229,11 +229,17 @@ def checked_generate(
             f"(passes over a filled KV cache) instead of {new_tokens - 1}: it did not find the KV cache "
             "among the decoder's arguments, so it would have run every step as a new prompt"
         )
-    lengths, expected = engine.steps.prompt_lengths, prompt_mask.sum(1).cpu()
-    if new_tokens > 0 and (lengths is None or not torch.equal(lengths, expected)):
+    lengths, expected = engine.steps.prompt_lengths, prompt_mask.sum(1).tolist()
+    read = None if lengths is None else lengths.tolist()
+    if new_tokens > 0 and read is not None and len(read) != len(expected):
+        raise NotImplementedError(
+            f"generate decoded {len(read)} rows for {len(expected)} prompts (beam search or "
+            "num_return_sequences > 1): the skip engine supports one greedy or sampled row per prompt"
+        )
+    if new_tokens > 0 and read != expected:
         raise IncompatibleTransformers(
-            f"the skip engine read prompt lengths {lengths and lengths.tolist()} where the caller's "
-            f"attention mask has {expected.tolist()}: warm-up would be counted from the wrong position"
+            f"the skip engine read prompt lengths {read} where the caller's attention mask has "
+            f"{expected}: warm-up would be counted from the wrong position"
         )
     return out
 
