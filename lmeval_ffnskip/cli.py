@@ -395,7 +395,7 @@ def compare_main(argv: list[str]) -> int:
 def report_main(argv: list[str]) -> int:
     """Render a results directory as one self-contained HTML page."""
     from .reporting.report import build, render
-    from .reporting.results import ResultsError, load_runs
+    from .reporting.results import ResultsError, load_runs, read_bench
 
     parser = argparse.ArgumentParser(
         prog="ffnskip report",
@@ -405,10 +405,14 @@ def report_main(argv: list[str]) -> int:
     )
     parser.add_argument("results", type=Path, help="results directory (or one results JSON)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write")
+    parser.add_argument(
+        "--bench", nargs="*", type=Path, default=[], help="ffnskip bench JSONs for a speed-by-model section"
+    )
     args = parser.parse_args(argv)
     try:
         runs = load_runs(args.results)
-        html = render(build(runs, args.results.resolve().name))  # no machine path in the page
+        benches = [read_bench(p) for p in args.bench]
+        html = render(build(runs, args.results.resolve().name, benches))  # no machine path in the page
     except ResultsError as err:
         print(f"ffnskip report: {err}", file=sys.stderr)
         return 2

@@ -329,3 +329,29 @@ def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
     assert not any(f": {t} (" in c["title"] for t in zero for c in page["skip_curves"])
     assert next(iter(page["columns"])).endswith("/agreement")
     assert [t["model"] for t in page["tables"]] == ["smollm2-135m"]
+
+
+def test_speed_by_model_section_renders_bench_jsons(sweep_dir, tmp_path, capsys):
+    """`ffnskip report --bench`: the shape benches in docs/bench/cpu, one row per file and batch size,
+    every figure the file's."""
+    from lmeval_ffnskip.reporting.report import build, speed_scaling
+    from lmeval_ffnskip.reporting.results import read_bench
+
+    files = sorted((Path(__file__).parent.parent / "docs" / "bench" / "cpu").glob("*.json"))
+    assert len(files) == 3
+    docs = [read_bench(p) for p in files]
+    rows = speed_scaling(docs)
+    assert [r["model"] for r in rows] == ["llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m"]
+    first = {r["config"]: r for r in docs[0]["rows"]}
+    assert rows[0]["random"] and rows[0]["off_vs_hf"] == first["ffnskip-off"]["vs_hf"]
+    assert rows[0]["skip_all"] == first["skip-all"]["speedup"] > 2
+    assert [c["config"] for c in rows[0]["configs"]][:3] == ["ffnskip-0.05", "ffnskip-0.25", "ffnskip-0.5"]
+    page = tmp_path / "r.html"
+    assert main(["report", str(sweep_dir), "-o", str(page), "--bench", *map(str, files)]) == 0
+    html = page.read_text()
+    assert 'id="scaling"' in html and 'llama-3.2-1b <span class="muted">(random)</span>' in html
+    assert build([], "x")["scaling"] == []  # no --bench: no section
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["report", str(sweep_dir), "-o", str(page), "--bench", str(bad)]) == 2
+    assert "not an ffnskip bench JSON" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import itertools
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -292,14 +293,41 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
     return out
 
 
+def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per bench JSON x batch size (``ffnskip bench --json``, e.g. one per ``--shape``):
+    the engine's overhead with skipping off, the cost of checks, the ideal, and each skip
+    configuration's speedup beside its ideal, in the order of the files given."""
+    out = []
+    for doc in benches:
+        env = doc["environment"]
+        for batch in sorted({r["batch_size"] for r in doc["rows"]}):
+            rows = {r["config"]: r for r in doc["rows"] if r["batch_size"] == batch}
+            fixed = {"hf", "dense", "ffnskip-off", "checks-only", "skip-all"}
+            out.append(
+                {
+                    "model": env.get("model", "?").removeprefix("shape:"),
+                    "random": "weights" in env,
+                    "device": f"{env['device']}, {env['dtype'].replace('torch.', '')}",
+                    "versions": f"torch {env.get('torch')}, transformers {env.get('transformers')}",
+                    "batch": batch,
+                    "dense_ms": rows.get("dense", {}).get("latency_ms_p50"),
+                    "off_vs_hf": rows.get("ffnskip-off", {}).get("vs_hf"),
+                    "checks": rows.get("checks-only", {}).get("speedup"),
+                    "skip_all": rows.get("skip-all", {}).get("speedup"),
+                    "configs": [r for name, r in rows.items() if name not in fixed],
+                }
+            )
+    return out
+
+
 def _table(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's leaderboard; ``has`` says which optional columns any row fills."""
     has = {k: any(r[k] is not None for r in rows) for k in ("top1", "speedup", "mflops", "peak_mb")}
     return {"model": model, "rows": rows, "has": has}
 
 
-def build(runs: list[Run], source: str) -> dict[str, Any]:
-    """Everything the template shows."""
+def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Everything the template shows; ``benches``: bench JSONs for the speed-by-model section."""
     tasks, rows = leaderboard(runs)
     models = sorted({r.model for r in runs})
     return {
@@ -307,6 +335,7 @@ def build(runs: list[Run], source: str) -> dict[str, Any]:
         "columns": columns(runs),
         "tables": [_table(m, [r for r in rows if r["model"] == m]) for m in models],
         "constant_zero": constant_zero(runs),
+        "scaling": speed_scaling(list(benches)),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": sorted({r.model for r in runs}),
         "tasks": tasks,

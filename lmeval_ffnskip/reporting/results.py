@@ -204,6 +204,16 @@ def load_runs(root: Path) -> list[Run]:
     )
 
 
+def read_bench(path: Path) -> dict[str, Any]:
+    """An ``ffnskip bench --json`` file (ResultsError names the file and what is wrong)."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or "environment" not in doc or not isinstance(doc.get("rows"), list):
+        raise ResultsError(
+            f"{path}: not an ffnskip bench JSON (no environment and rows); write one with --json"
+        )
+    return doc
+
+
 def bench_row(run: Run, config: str | None = None) -> dict[str, Any] | None:
     """The decode-speed row of ``bench.json`` beside ``run`` measured for ``config`` (default: the
     run's own configuration), at the smallest batch size measured."""
