@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Regenerate the published reference report (reports/reference.html and its main chart) from a
-# real sweep of both embedded models on 2 CPU cores: 26 minutes from scratch on a quiet VM, 59 on
-# a loaded one (docs/results.md, "The reference report"); finished cells are reused.
+# real sweep of both embedded models on 2 CPU cores: 26-34 minutes from scratch, 59 on a loaded
+# VM (docs/results.md, "The reference report"); finished cells are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-reference_out}
 export FFNSKIP_DATA_DIR="${FFNSKIP_DATA_DIR:-$(cd .. && pwd)/shared/data}"
 python -m lmeval_ffnskip sweep reference --out "$OUT"
 python -m lmeval_ffnskip sweep reference_gemma --out "$OUT"
-python -m lmeval_ffnskip report "$OUT" -o reports/reference.html
+# with the decode-speed-by-model section from the committed shape benches (docs/speed.md)
+python -m lmeval_ffnskip report "$OUT" -o reports/reference.html \
+  --bench docs/bench/cpu/*.json docs/bench/h200/llama-2-7b-lockstep.json
 python scripts/screenshot.py reports/reference.html reports/reference.png \
   'figure:has-text("smollm2-135m: cnn_dailymail_small/agreement")'
