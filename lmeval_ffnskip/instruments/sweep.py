@@ -25,6 +25,8 @@ from ..taskdata.data import read_jsonl
 from ..taskdata.metrics import rouge
 
 SHIPPED = Path(__file__).resolve().parent / "sweeps"
+# instrument arguments the sweep fills itself (the model, its device, no progress output)
+FILLED = ("pretrained", "device", "progress", "log")
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def validate(cfg: SweepConfig, task_manager: Any) -> None:
             raise ValueError(f"tasks: {task!r} is not a task lm-eval knows{hint}")
     for name, run in instruments().items():
         options = getattr(cfg, name) or {}
-        valid = set(inspect.signature(run).parameters) - {"pretrained", "device", "progress", "log"}
+        valid = set(inspect.signature(run).parameters) - set(FILLED)
         if unknown := sorted(set(options) - valid):
             raise ValueError(
                 f"{name}: unknown options {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"

@@ -13,13 +13,12 @@ def comparison(runs: list[Run]) -> list[dict[str, Any]]:
     """One row per run, in ``load_runs`` order, read from the run and the files beside it."""
     rows = []
     for run in runs:
-        name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
         forced = fidelity_row(run) or {}
         speed = bench_row(run) or {}
         rows.append(
             {
                 "model": run.model,
-                "config": name,
+                "config": run.config,
                 "skip_ratio": run.skip_ratio,
                 "agreement": {t: a["rougeL"] for t, a in run.agreement.items()},
                 "agreement_exact": {t: 100 * a["exact_match"] for t, a in run.agreement.items()},

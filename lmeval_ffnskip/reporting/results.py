@@ -75,6 +75,11 @@ class Run:
         return self.ffnskip.get("stats", {})
 
     @property
+    def config(self) -> str:
+        """The bench / fidelity name of this run's configuration (``dense``, ``static-0.25``)."""
+        return "dense" if self.method == "dense" else f"{self.method}-{self.target:g}"
+
+    @property
     def skip_ratio(self) -> float | None:
         """Achieved share of FFN blocks skipped over eligible tokens (0 for dense runs)."""
         return 0.0 if self.method == "dense" else self.stats.get("skip_ratio_eligible")
@@ -220,16 +225,15 @@ def bench_row(run: Run, config: str | None = None) -> dict[str, Any] | None:
     bench = run.extras.get("bench")
     if not bench:
         return None
-    name = config or ("dense" if run.method == "dense" else f"{run.method}-{run.target:g}")
+    name = config or run.config
     rows = sorted((r for r in bench["rows"] if r["config"] == name), key=lambda r: r["batch_size"])
     return rows[0] if rows else None
 
 
 def fidelity_row(run: Run) -> dict[str, Any] | None:
     """The teacher-forced row of ``fidelity.json`` beside ``run`` for the run's own configuration."""
-    name = "dense" if run.method == "dense" else f"{run.method}-{run.target:g}"
     rows = (run.extras.get("fidelity") or {}).get("rows", [])
-    return next((r for r in rows if r["name"] == name), None)
+    return next((r for r in rows if r["name"] == run.config), None)
 
 
 def flops_per_token(run: Run) -> float | None:
