@@ -33,6 +33,12 @@ def bench_main(argv: list[str]) -> int:
         "ffnskip's trigger forced at its first check; methods: ffnskip, static, random, skipdecode), one of "
         + ", ".join(SHAPES),
     )
+    parser.add_argument(
+        "--thin",
+        action="store_true",
+        help="with --shape: keep its depth and operations, shrink every width, so each operation costs "
+        "about its dispatch (a launch-bound GPU's regime, on any device)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated (default 1,8)")
@@ -63,6 +69,7 @@ def bench_main(argv: list[str]) -> int:
         payload = run_bench(
             pretrained=args.pretrained,
             shape=args.shape,
+            thin=args.thin,
             device=args.device,
             dtype=args.dtype,
             batch_sizes=[int(b) for b in args.batch_sizes.split(",")],

@@ -7,7 +7,15 @@ import torch
 from conftest import tiny_model
 
 from lmeval_ffnskip.harness.calibrate import similarities
-from lmeval_ffnskip.instruments.bench import Config, _lockstep, add_ideal, decode_speed, default_configs
+from lmeval_ffnskip.instruments.bench import (
+    Config,
+    _lockstep,
+    add_ideal,
+    decode_speed,
+    default_configs,
+    run_bench,
+)
+from lmeval_ffnskip.instruments.shapes import SHAPES, shape_config, thin
 from lmeval_ffnskip.skip.engine import attach, generate_fixed, generation_stats
 from lmeval_ffnskip.skip.policy import SkipPolicy
 
@@ -114,3 +122,48 @@ def test_lockstep_decodes_each_config_as_generate_does():
     by = {r["config"]: r for r in rows}
     assert {r["timing"] for r in rows} == {"lockstep"} and by["skip-all"]["skip_ratio"] == 1.0
     assert by["static-0.5"]["skip_ratio"] == 0.5 and by["hf"]["peak_memory_mb"] is None
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_shipped_shapes_and_their_thin_variants(name):
+    """Every shipped shape is a config transformers builds; its thin variant keeps the depth, the
+    architecture, the FFN's expansion and the grouped-query ratio, with small widths."""
+    from transformers import AutoConfig
+
+    values = {k: v for k, v in shape_config(name).items() if k != "source"}
+    narrow = thin(values)
+    for v in (values, narrow):
+        config = AutoConfig.for_model(**v)
+        assert config.num_attention_heads % config.num_key_value_heads == 0
+    assert narrow["num_hidden_layers"] == values["num_hidden_layers"]
+    assert narrow["model_type"] == values["model_type"] and narrow["hidden_size"] <= 112
+    ratio = values["intermediate_size"] / values["hidden_size"]
+    assert narrow["intermediate_size"] / narrow["hidden_size"] == pytest.approx(ratio, rel=0.02)
+    groups = values["num_attention_heads"] // values.get("num_key_value_heads", values["num_attention_heads"])
+    assert narrow["num_attention_heads"] == groups * narrow["num_key_value_heads"]
+
+
+def test_thin_shape_bench_end_to_end():
+    """``--shape llama-2-7b --thin``: a 32-layer model with random weights, the forced trigger
+    skipping exactly k of 32 FFNs per decoding step, the JSON saying what the model is."""
+    payload = run_bench(
+        shape="llama-2-7b",
+        thin=True,
+        batch_sizes=(1, 2),
+        targets=(0.25,),
+        methods=("ffnskip", "static"),
+        new_tokens=4,
+        reps=1,
+        lockstep=True,
+        progress=False,
+    )
+    env = payload["environment"]
+    assert env["model"] == "shape:llama-2-7b-thin" and "random" in env["weights"] and "thin" in env["widths"]
+    by = {(r["config"], r["batch_size"]): r for r in payload["rows"]}
+    for batch in (1, 2):
+        assert by["ffnskip-0.25", batch]["skip_ratio"] == by["static-0.25", batch]["skip_ratio"] == 8 / 32
+        assert by["skip-all", batch]["skip_ratio"] == 1.0 and by["checks-only", batch]["skip_ratio"] == 0.0
+    with pytest.raises(ValueError, match="--shape"):
+        run_bench(thin=True)
+    with pytest.raises(ValueError, match="decide from the weights"):
+        run_bench(shape="llama-2-7b", thin=True, methods=("spread",))

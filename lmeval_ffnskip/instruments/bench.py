@@ -349,6 +349,7 @@ SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
 def run_bench(
     pretrained: str = "smollm2-135m",
     shape: str | None = None,
+    thin: bool = False,
     device: str = "cpu",
     dtype: str = "float32",
     batch_sizes: Sequence[int] = (1, 8),
@@ -363,7 +364,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """``ffnskip bench``: decode speed of every configuration at every batch size, beside the
     ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
-    (weight-independent methods only). Returns ``{"environment": ..., "rows": [...]}``."""
+    (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``).
+    Returns ``{"environment": ..., "rows": [...]}``."""
     from tqdm import tqdm
 
     from ..harness.calibrate import with_calibration
@@ -371,6 +373,8 @@ def run_bench(
     from .shapes import SHAPES, shape_model, token_batch
 
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
+    if thin and shape is None:
+        raise ValueError("thin widths apply to a shape model: pass a shape (--shape) with --thin")
     if shape is not None:
         if shape not in SHAPES:
             raise ValueError(f"shape={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
@@ -379,7 +383,7 @@ def run_bench(
                 f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
                 f"use {', '.join(SHAPE_METHODS)}"
             )
-        model = shape_model(shape, getattr(torch, dtype), device)
+        model = shape_model(shape, getattr(torch, dtype), device, thin_widths=thin)
         configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
 
         def batch_of(size: int) -> dict:
@@ -403,4 +407,6 @@ def run_bench(
     env = environment(model)
     if shape is not None:
         env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
+    if thin:
+        env["widths"] = "thin (depth and operations of the shape, widths shrunk: the launch-bound regime)"
     return {"environment": env, "rows": rows}

@@ -307,6 +307,7 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "model": env.get("model", "?").removeprefix("shape:"),
                     "random": "weights" in env,
+                    "thin": "widths" in env,
                     "device": f"{env['device']}, {env['dtype'].replace('torch.', '')}",
                     "versions": f"torch {env.get('torch')}, transformers {env.get('transformers')}",
                     "batch": batch,
