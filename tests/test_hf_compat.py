@@ -127,7 +127,7 @@ def test_prompt_lengths_the_engine_misread_and_beam_search_are_refused(monkeypat
 
     def unpadded(args: tuple, kwargs: dict) -> hf_compat.PassTokens:
         tokens = real(args, kwargs)
-        return dataclasses.replace(tokens, real=torch.ones_like(tokens.real))
+        return dataclasses.replace(tokens, real=[True] * len(tokens.real))
 
     monkeypatch.setattr(hf_compat.PassTokens, "read", staticmethod(unpadded))
     with (

@@ -86,15 +86,13 @@ class SkipEngine:
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
-        since = self.steps.since(tokens)
-        eligible = self.policy.eligible(since, tokens.real).reshape(-1)
+        eligible = self.policy.eligible(self.steps.since(tokens), tokens.real)
         self._shape = (tokens.batch, tokens.length)
-        self.stats.tokens += int(tokens.real.sum())
+        self.stats.tokens += sum(tokens.real)
         # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
-        positions = tokens.pos.clamp(min=0).reshape(-1)
         self._rule = None
-        if eligible.any():
-            self._rule = token_rule(self.policy, self.layout, eligible, positions, self._draws)
+        if any(eligible):
+            self._rule = token_rule(self.policy, self.layout, eligible, tokens.pos, self._draws)
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
         rule, self._rule, self._h = self._rule, None, None
@@ -229,8 +227,7 @@ def checked_generate(
             f"(passes over a filled KV cache) instead of {new_tokens - 1}: it did not find the KV cache "
             "among the decoder's arguments, so it would have run every step as a new prompt"
         )
-    lengths, expected = engine.steps.prompt_lengths, prompt_mask.sum(1).tolist()
-    read = None if lengths is None else lengths.tolist()
+    read, expected = engine.steps.prompt_lengths, prompt_mask.sum(1).tolist()
     if new_tokens > 0 and read is not None and len(read) != len(expected):
         raise NotImplementedError(
             f"generate decoded {len(read)} rows for {len(expected)} prompts (beam search or "

@@ -95,14 +95,16 @@ def output_cache(output: object) -> Cache:
 
 @dataclass(frozen=True)
 class PassTokens:
-    """The tokens of one decoder forward pass, read from its arguments (on the host)."""
+    """The tokens of one decoder forward pass, read from its arguments into plain lists: a pass
+    happens once per generated token, and on a launch-bound device each small tensor op costs
+    what a kernel launch does. Per-token lists are flat, row by row ([batch * length])."""
 
     batch: int
     length: int
     past: int  # positions already in the KV cache
-    real: torch.Tensor  # [batch, length] not padding
-    pos: torch.Tensor  # [batch, length] position in the row's sequence (padding not counted)
-    before: torch.Tensor  # [batch] real positions already in the cache
+    real: list[bool]  # not padding
+    pos: list[int]  # position in the row's sequence (padding not counted; -1 before the first)
+    before: list[int]  # [batch] real positions already in the cache
 
     @classmethod
     def read(cls, args: tuple, kwargs: dict) -> PassTokens:
@@ -116,23 +118,28 @@ class PassTokens:
         cache = find_cache(args, kwargs)
         past = cache.get_seq_length() if cache is not None else 0
         mask = kwargs.get("attention_mask")
-        if isinstance(mask, torch.Tensor) and mask.dim() != 2:
+        if not isinstance(mask, torch.Tensor):
+            pos = [past + j for _ in range(batch) for j in range(length)]
+            return cls(batch, length, past, [True] * (batch * length), pos, [past] * batch)
+        if mask.dim() != 2:
             raise NotImplementedError(
                 f"a {mask.dim()}-D attention mask cannot be read as padding; pass the 2-D padding mask "
                 "[batch, positions] that generate and lm-eval pass"
             )
-        if isinstance(mask, torch.Tensor):
-            if mask.shape[1] != past + length:
-                raise IncompatibleTransformers(
-                    f"the decoder pass has an attention mask over {mask.shape[1]} positions, but "
-                    f"{past} cached + {length} new"
-                )
-            m = mask.to("cpu", torch.long)
-            real = m[:, -length:].bool()
-            pos = m.cumsum(1)[:, -length:] - 1
-            before = m[:, : m.shape[1] - length].sum(1)
-        else:
-            real = torch.ones(batch, length, dtype=torch.bool)
-            pos = (past + torch.arange(length)).expand(batch, length)
-            before = torch.full((batch,), past)
+        if mask.shape[1] != past + length:
+            raise IncompatibleTransformers(
+                f"the decoder pass has an attention mask over {mask.shape[1]} positions, but "
+                f"{past} cached + {length} new"
+            )
+        # one read: each row's new columns and its count of real positions
+        rows = torch.cat((mask[:, past:], mask.sum(1, keepdim=True)), 1).tolist()
+        real, pos, before = [], [], []
+        for *new, total in rows:
+            flags = [bool(v) for v in new]
+            count = int(total) - sum(flags)
+            before.append(count)
+            for flag in flags:
+                count += flag
+                real.append(flag)
+                pos.append(count - 1)
         return cls(batch, length, past, real, pos, before)

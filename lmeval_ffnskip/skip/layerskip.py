@@ -141,8 +141,9 @@ class LayerSkipEngine:
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
-        since = self.steps.since(tokens)
-        real = tokens.real
+        shape = (tokens.batch, tokens.length)
+        since = torch.tensor(self.steps.since(tokens)).view(shape)
+        real = torch.tensor(tokens.real).view(shape)
         counts = self.plan.counts(since, self.policy)
         top = int(counts[real].max()) if real.any() else 0
         counts = torch.where(real, counts, top)  # padding goes along with the most skipping token

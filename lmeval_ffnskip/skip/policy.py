@@ -140,12 +140,15 @@ class SkipPolicy:
             )
         return LayerLayout(n_layers, cold_start, cold_end, k, self.method, hot)
 
-    def eligible(self, since: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    def eligible(self, since: list[int], real: list[bool]) -> list[bool]:
         """Tokens the rule applies to. ``since``: steps from where warm-up counting starts."""
-        out = real & (since >= self.warmup)
-        if self.refresh_every:
-            out &= (since - self.warmup + 1) % self.refresh_every != 0
-        return out if self.method != "dense" else torch.zeros_like(out)
+        if self.method == "dense":
+            return [False] * len(real)
+        warmup, every = self.warmup, self.refresh_every
+        return [
+            ok and step >= warmup and not (every and (step - warmup + 1) % every == 0)
+            for step, ok in zip(since, real, strict=True)
+        ]
 
 
 class StepCounter:
@@ -155,11 +158,11 @@ class StepCounter:
 
     def __init__(self, skip_prompt: bool) -> None:
         self.skip_prompt = skip_prompt
-        self.prompt_lengths: torch.Tensor | None = None  # [batch] real prompt tokens per row
+        self.prompt_lengths: list[int] | None = None  # [batch] real prompt tokens per row
         self.decoding_passes = 0
 
-    def since(self, tokens: PassTokens) -> torch.Tensor:
-        """[batch, length] steps of each token from where counting starts (negative: prompt)."""
+    def since(self, tokens: PassTokens) -> list[int]:
+        """Steps of each token ([batch * length]) from where counting starts (negative: prompt)."""
         if tokens.past and tokens.length > 1 and not self.skip_prompt:
             raise NotImplementedError(
                 f"a pass of {tokens.length} tokens over {tokens.past} cached positions (chunked "
@@ -170,8 +173,15 @@ class StepCounter:
             self.decoding_passes += 1
         if tokens.past == 0 or self.prompt_lengths is None or len(self.prompt_lengths) != tokens.batch:
             # a pass over a cache this counter did not fill: its contents count as the prompt
-            self.prompt_lengths = tokens.real.sum(1) if tokens.past == 0 else tokens.before
-        return tokens.pos if self.skip_prompt else tokens.pos - self.prompt_lengths[:, None]
+            if tokens.past == 0:
+                n = tokens.length
+                self.prompt_lengths = [sum(tokens.real[i : i + n]) for i in range(0, len(tokens.real), n)]
+            else:
+                self.prompt_lengths = tokens.before
+        if self.skip_prompt:
+            return tokens.pos
+        n = tokens.length
+        return [p - self.prompt_lengths[i // n] for i, p in enumerate(tokens.pos)]
 
 
 def _to_bool(raw: object) -> bool:
@@ -238,31 +248,38 @@ class LayerLayout:
 class TokenRule:
     """Skip decisions for the N tokens of one forward pass, made layer by layer on the host.
 
-    ``skip[n, l]`` is filled as decisions become known: up front for the random baselines, and
-    for ``ffnskip`` when the similarity measured at a layer reaches the threshold for a token.
-    ``checking`` lists the rows still looking for their trigger (plain ints: at batch 1 the
-    per-layer bookkeeping must cost next to nothing).
+    Decisions are filled in as they become known: up front for the random baselines, and for
+    ``ffnskip`` when the similarity measured at a layer reaches the threshold for a token. All of
+    it is plain lists of row numbers (``checking``: the rows still looking for their trigger;
+    per layer, the rows skipping it), so at batch 1 the bookkeeping costs next to nothing.
     """
 
     def __init__(
         self,
         policy: SkipPolicy,
         layout: LayerLayout,
-        eligible: torch.Tensor,
-        positions: torch.Tensor,
+        eligible: list[bool],
+        positions: list[int],
         draws: RandomDraws | None,
     ) -> None:
         self.threshold, self.layout = policy.threshold, layout
-        self.n = eligible.numel()
-        self.n_eligible = int(eligible.sum())
-        self.skip = torch.zeros(self.n, layout.n_layers, dtype=torch.bool)
+        self.n = len(eligible)
+        rows = [row for row, ok in enumerate(eligible) if ok]
+        self.n_eligible = len(rows)
+        self.skip_count = [0] * layout.n_layers
+        self._skipping: dict[int, list[int]] = {}  # layer -> rows that skip it
         searching = layout.method == "ffnskip" and layout.k > 0 and policy.threshold <= 1.0
-        self.checking: list[int] = eligible.nonzero().squeeze(1).tolist() if searching else []
+        self.checking: list[int] = rows if searching else []
         self._never = self.n_eligible - len(self.checking) if layout.method == "ffnskip" else 0
         if draws is not None and layout.k:
-            self.skip[eligible] = draws.take(positions[eligible])
-        self.skip_count = self.skip.sum(0).tolist()
+            for row in rows:
+                for layer in draws.take(positions[row]):
+                    self._skip(layer, [row])
         self._checked = layout.checked
+
+    def _skip(self, layer: int, rows: list[int]) -> None:
+        self._skipping.setdefault(layer, []).extend(rows)
+        self.skip_count[layer] += len(rows)
 
     def enter(self, layer: int) -> None:
         """Called before ``layer``'s FFN; ffnskip's decisions are all made in ``measured``."""
@@ -278,18 +295,20 @@ class TokenRule:
             return
         done = set(fired)
         self.checking = [row for row in self.checking if row not in done]
-        stop = min(layer + 1 + self.layout.k, self.layout.mid.stop)
-        self.skip[fired, layer + 1 : stop] = True
-        for j in range(layer + 1, stop):
-            self.skip_count[j] += len(fired)
+        for j in range(layer + 1, min(layer + 1 + self.layout.k, self.layout.mid.stop)):
+            self._skip(j, fired)
 
     def kept(self, layer: int) -> torch.Tensor:
-        """Indices of the rows that run ``layer``'s FFN."""
-        return (~self.skip[:, layer]).nonzero().squeeze(1)
+        """Indices of the rows that run ``layer``'s FFN, ascending."""
+        skipped = set(self._skipping.get(layer, ()))
+        return torch.tensor([row for row in range(self.n) if row not in skipped], dtype=torch.long)
 
     def mask(self) -> torch.Tensor:
         """[N, n_layers] which FFNs each row skipped."""
-        return self.skip
+        skip = torch.zeros(self.n, self.layout.n_layers, dtype=torch.bool)
+        for layer, rows in self._skipping.items():
+            skip[rows, layer] = True
+        return skip
 
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
@@ -299,8 +318,8 @@ class TokenRule:
 def token_rule(
     policy: SkipPolicy,
     layout: LayerLayout,
-    eligible: torch.Tensor,
-    positions: torch.Tensor,
+    eligible: list[bool],
+    positions: list[int],
     draws: RandomDraws | None,
 ) -> TokenRule | SpreadRule:
     """The per-pass decision maker for ``policy``'s method."""
@@ -320,17 +339,13 @@ class RandomDraws:
         else:
             self.allowed[:] = True
         self.generator = torch.Generator().manual_seed(policy.seed)
-        self.table = torch.zeros(0, layout.n_layers, dtype=torch.bool)
+        self.table: list[list[int]] = []  # position -> the layers it skips
 
-    def take(self, positions: torch.Tensor) -> torch.Tensor:
-        """Skip masks [len(positions), n_layers] for these absolute positions."""
-        need = int(positions.max()) + 1 if positions.numel() else 0
-        if need > len(self.table):
-            rows = max(need, 2 * len(self.table), 256) - len(self.table)
+    def take(self, position: int) -> list[int]:
+        """The layers skipped at absolute ``position``."""
+        if position >= len(self.table):
+            rows = max(position + 1, 2 * len(self.table), 256) - len(self.table)
             scores = torch.rand(rows, len(self.allowed), generator=self.generator)
             scores[:, ~self.allowed] = 2.0
-            chosen = scores.topk(self.k, dim=1, largest=False).indices
-            grown = torch.zeros(rows, len(self.allowed), dtype=torch.bool)
-            grown.scatter_(1, chosen, True)
-            self.table = torch.cat([self.table, grown])
-        return self.table[positions]
+            self.table += scores.topk(self.k, dim=1, largest=False).indices.sort(dim=1).values.tolist()
+        return self.table[position]

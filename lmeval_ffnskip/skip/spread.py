@@ -53,20 +53,19 @@ class SpreadRule:
     """
 
     def __init__(
-        self, policy: SkipPolicy, layout: LayerLayout, eligible: torch.Tensor, positions: torch.Tensor
+        self, policy: SkipPolicy, layout: LayerLayout, eligible: list[bool], positions: list[int]
     ) -> None:
         assert policy.calibration is not None  # checked by SkipPolicy.layout
-        self.n, self.n_layers = eligible.numel(), layout.n_layers
-        rows = [row for row, ok in enumerate(eligible.tolist()) if ok]
+        self.n, self.n_layers = len(eligible), layout.n_layers
+        rows = [row for row, ok in enumerate(eligible) if ok]
         self.n_eligible = len(rows)
         self.skip_count = [0] * layout.n_layers
         self._skipped: dict[int, list[int]] = {}  # layer -> rows that skip it
         self.level, cuts = _spread_tables(layout, policy.calibration)
         by_cut: dict[int, list[int]] = {}
         if layout.k:
-            pos = positions.tolist()
             for row in rows:
-                by_cut.setdefault(_position_hash(policy.seed, pos[row]) % len(cuts), []).append(row)
+                by_cut.setdefault(_position_hash(policy.seed, positions[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
         self.checking: list[int] = []
         self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
