@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from lmeval_ffnskip.skip.adapters import ffn_sites
 from lmeval_ffnskip.skip.engine import attach
-from lmeval_ffnskip.skip.hf_compat import cache_keyword
+from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword
 from lmeval_ffnskip.skip.policy import SkipPolicy
 
 
@@ -92,6 +92,29 @@ def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
     ]
     for i in full or range(n_layers):
         assert cache.layers[i].keys.shape[-2] == out.shape[1] - 1  # every position is cached
+
+
+@torch.no_grad()
+def test_a_skipped_blocks_zero_output_is_reused_and_guarded():
+    """A block every row skips returns one kept zero tensor; a model that writes into it in place
+    (here a hook standing in for an in-place residual add) is refused at the next skip."""
+    model = tiny_model("llama")
+    ids = _ids(1, 6)
+    dense = model.generate(ids, max_new_tokens=6, do_sample=False)
+    policy = SkipPolicy(method="random", target_skip=1.0, warmup=0)
+    with attach(model, policy) as engine:
+        assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False)[:, :7], dense[:, :7])
+        zero = engine._zero
+        assert zero is not None and not zero.any()
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+        assert engine._zero is zero  # reused across layers and passes
+    mlp = ffn_sites(model)[1][1].mlp
+    handle = mlp.register_forward_hook(lambda module, args, out: out.add_(1.0))
+    try:
+        with attach(model, policy), pytest.raises(IncompatibleTransformers, match="in place"):
+            model.generate(ids, max_new_tokens=3, do_sample=False)
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()

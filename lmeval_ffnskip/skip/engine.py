@@ -60,6 +60,8 @@ class SkipEngine:
         self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
+        self._zero: torch.Tensor | None = None
+        self._zero_version = 0
         self._patches = Patches()
 
     # -- install / remove -------------------------------------------------------------
@@ -137,7 +139,7 @@ class SkipEngine:
         if n_skip == 0:
             y = forward(x)
         elif n_skip == n:
-            y = torch.zeros_like(x)
+            y = self._zeros(x)
         else:
             flat = x.reshape(n, -1)
             keep = rule.kept(layer).to(x.device, non_blocking=True)
@@ -146,6 +148,20 @@ class SkipEngine:
         if site.out_norm is None and rule.checks_at(layer):
             self._measure(layer, rule, y)
         return y
+
+    def _zeros(self, like: torch.Tensor) -> torch.Tensor:
+        """The output of a block every row skips: one zero tensor kept while shapes stay the same
+        (a skipped layer then costs no fill). A layer that wrote into it in place is refused."""
+        zero = self._zero
+        if zero is None or zero.shape != like.shape or zero.dtype != like.dtype or zero.device != like.device:
+            zero = self._zero = torch.zeros_like(like)
+            self._zero_version = zero._version
+        elif zero._version != self._zero_version:
+            raise IncompatibleTransformers(
+                "a decoder layer wrote into the FFN block's output in place, so a skipped block's "
+                "zero output cannot be reused"
+            )
+        return zero
 
     def _ffn_output(
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor
