@@ -10,6 +10,6 @@ python -m lmeval_ffnskip sweep reference --out "$OUT"
 python -m lmeval_ffnskip sweep reference_gemma --out "$OUT"
 # with the decode-speed-by-model section from the committed shape benches (docs/speed.md)
 python -m lmeval_ffnskip report "$OUT" -o reports/reference.html \
-  --bench docs/bench/cpu/*.json docs/bench/h200/llama-2-7b-lockstep.json
+  --bench docs/bench/cpu/*.json docs/bench/cpu-thin/llama-2-7b.json docs/bench/h200/llama-2-7b-lockstep.json
 python scripts/screenshot.py reports/reference.html reports/reference.png \
   'figure:has-text("smollm2-135m: cnn_dailymail_small/agreement")'

@@ -4,18 +4,22 @@ release passes it in a way we cannot read, and eligible tokens counted from what
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import warnings
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import tiny_model
 from transformers import DynamicCache
 
+import lmeval_ffnskip
 from lmeval_ffnskip.skip import hf_compat
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
 from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.provenance import versions
 
 
 def test_cache_is_found_by_either_keyword_or_by_type():
@@ -135,3 +139,17 @@ def test_prompt_lengths_the_engine_misread_and_beam_search_are_refused(monkeypat
         pytest.raises(IncompatibleTransformers, match=r"\[7, 7\].*\[7, 5\]"),
     ):
         generate_fixed(model, {"input_ids": ids, "attention_mask": mask}, 4)
+
+
+def test_every_json_names_the_source_commit_it_ran():
+    """From a git checkout the recorded commit is HEAD's (``+modified`` when the package's files
+    differ from it); installed elsewhere, None."""
+    root = Path(lmeval_ffnskip.__file__).resolve().parent.parent
+    commit = versions()["lmeval-ffnskip commit"]
+    if not (root / ".git").exists():
+        assert commit is None
+        return
+    run = partial(subprocess.run, cwd=root, capture_output=True, text=True, check=True)
+    head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
+    modified = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lmeval_ffnskip"]).stdout
+    assert commit == (f"{head}+modified" if modified.strip() else head)

@@ -245,7 +245,7 @@ def test_layer_methods_are_plotted_in_ffn_equivalents():
 
 
 def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_path, capsys):
-    from lmeval_ffnskip.skip.hf_compat import versions
+    from lmeval_ffnskip.skip.provenance import versions
 
     now = versions()
     assert now["torch"] and now["transformers"] and now["lm_eval"]
@@ -261,6 +261,10 @@ def test_every_json_records_versions_and_check_names_a_change(sweep_dir, tmp_pat
     assert main(["baseline", str(sweep_dir), "-o", str(base), "--speedup-floor", "0"]) == 0
     doc = json.loads(base.read_text())
     assert doc["versions"] == now
+    assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    doc["versions"]["lmeval-ffnskip commit"] = "0" * 40  # recorded, not compared
+    base.write_text(json.dumps(doc))
     assert main(["check", str(sweep_dir), "--baseline", str(base)]) == 0
     assert "note:" not in capsys.readouterr().out
     doc["versions"]["transformers"] = "4.99.0"
@@ -334,7 +338,7 @@ def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
 def test_speed_by_model_section_renders_bench_jsons(sweep_dir, tmp_path, capsys):
     """`ffnskip report --bench`: the shape benches in docs/bench/cpu, one row per file and batch size,
     every figure the file's."""
-    from lmeval_ffnskip.reporting.report import build, speed_scaling
+    from lmeval_ffnskip.reporting.report import build, scaling_charts, speed_scaling
     from lmeval_ffnskip.reporting.results import read_bench
 
     here = Path(__file__).parent.parent / "docs" / "bench" / "cpu"
@@ -346,10 +350,18 @@ def test_speed_by_model_section_renders_bench_jsons(sweep_dir, tmp_path, capsys)
     assert rows[0]["random"] and rows[0]["off_vs_hf"] == first["ffnskip-off"]["vs_hf"]
     assert rows[0]["skip_all"] == first["skip-all"]["speedup"] > 2
     assert [c["config"] for c in rows[0]["configs"]][:3] == ["ffnskip-0.05", "ffnskip-0.25", "ffnskip-0.5"]
+    (chart,) = scaling_charts(rows)  # one device; 25% and 50% per model (5% is below the cut)
+    assert chart["svg"].count('class="series"') == 3 and chart["svg"].count('class="point"') == 6
+    assert all(f'data-label="{r["model"]}"' in chart["svg"] for r in rows)
     page = tmp_path / "r.html"
     assert main(["report", str(sweep_dir), "-o", str(page), "--bench", *map(str, files)]) == 0
     html = page.read_text()
     assert 'id="scaling"' in html and 'llama-3.2-1b <span class="muted">(random)</span>' in html
+    thin = here.parent / "cpu-thin" / "llama-2-7b.json"
+    assert main(["report", str(sweep_dir), "-o", str(page), "--bench", str(thin)]) == 0
+    html = page.read_text()
+    assert 'llama-2-7b-thin <span class="muted">(random, thin)</span>' in html
+    assert "<em>thin</em> rows" in html
     assert build([], "x")["scaling"] == []  # no --bench: no section
     bad = tmp_path / "bad.json"
     bad.write_text("{}")

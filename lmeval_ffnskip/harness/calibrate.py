@@ -27,8 +27,8 @@ from torch import nn
 
 from ..skip.adapters import ffn_sites
 from ..skip.engine import generate_fixed, generation_stats
-from ..skip.hf_compat import versions
 from ..skip.policy import SkipPolicy
+from ..skip.provenance import versions
 from ..taskdata.data import wikitext_articles
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from ..skip.engine import attach, generate_fixed, make_engine, spanning
-from ..skip.hf_compat import cache_keyword, output_cache, versions
+from ..skip.hf_compat import cache_keyword, output_cache
 from ..skip.policy import LAYER_METHODS, SkipPolicy
+from ..skip.provenance import versions
 
 PROMPTS = (
     "The history of the printing press begins",

@@ -104,7 +104,7 @@ def run_fidelity(
     from ..harness.calibrate import with_calibration
     from ..harness.checkpoints import load
     from ..skip.engine import make_engine
-    from ..skip.hf_compat import versions
+    from ..skip.provenance import versions
 
     if source not in ("wikitext", "continuations"):
         raise ValueError(f"source={source!r} is unknown; use wikitext or continuations")

@@ -165,7 +165,7 @@ def run_flops(
 
     from ..harness.calibrate import with_calibration
     from ..harness.checkpoints import load
-    from ..skip.hf_compat import versions
+    from ..skip.provenance import versions
     from .bench import prompt_batch
 
     patterns: dict[str, tuple[list[float], bool]] = {}

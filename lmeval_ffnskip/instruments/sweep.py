@@ -146,7 +146,7 @@ def run_cell(cfg: SweepConfig, model: str, cell: Cell, folder: Path, task_manage
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable
 
-    from ..skip.hf_compat import versions
+    from ..skip.provenance import versions
 
     if (folder / "results.json").exists():
         return False

@@ -119,8 +119,11 @@ def line_chart(
     y_label: str,
     shade: Sequence[tuple[float, float]] = (),
     scatter: Sequence[str] = (),
+    colours: dict[str, str] | None = None,
 ) -> str:
-    """Lines with markers (the series named in ``scatter``: markers alone); ``shade`` greys x-ranges."""
+    """Lines with markers (the series named in ``scatter``: markers alone); ``shade`` greys x-ranges;
+    ``colours`` overrides the method colours (series that are not methods, such as models)."""
+    paint = {label: (colours or {}).get(label) or colour(label) for label, _ in series}
     series = [(label, sorted(pts)) for label, pts in series if pts]
     if not series:
         return ""
@@ -134,7 +137,7 @@ def line_chart(
     ]
     body += frame.axes()
     for label, pts in series:
-        color = colour(label)
+        color = paint[label]
         coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in pts)
         if label not in scatter and len(pts) > 1:
             body.append(
@@ -145,7 +148,7 @@ def line_chart(
                 f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.5" fill="{color}" class="point">'
                 f"<title>{escape(label)}: ({x:.4g}, {y:.4g})</title></circle>"
             )
-    body += frame.legend([label for label, _ in series])
+    body += frame.legend([label for label, _ in series], [paint[label] for label, _ in series])
     return _svg(title, body)
 
 

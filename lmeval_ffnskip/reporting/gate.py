@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..skip.provenance import PACKAGES
 from .results import ResultsError, Run, bench_row
 
 FORMAT = "lmeval-ffnskip-baseline/1"
@@ -158,7 +159,8 @@ def markdown(checks: list[Check]) -> str:
 
 
 def version_notes(runs: list[Run], doc: dict[str, Any]) -> list[str]:
-    """One line per package whose version differs between the baseline and the results."""
+    """One line per package whose version differs between the baseline and the results (the
+    source commit is recorded, not compared: every change of ours would differ)."""
     base = doc.get("versions")
     if not base:
         return ["note: the baseline records no package versions (written before they were recorded)"]
@@ -169,7 +171,7 @@ def version_notes(runs: list[Run], doc: dict[str, Any]) -> list[str]:
     return [
         f"note: the baseline was made with {name} {base[name]}, these results with {', '.join(sorted(found))}"
         for name, found in sorted(now.items())
-        if name in base and found != {str(base[name])}
+        if name in base and name in PACKAGES and found != {str(base[name])}
     ]
 
 

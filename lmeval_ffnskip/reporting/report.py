@@ -15,6 +15,7 @@ from typing import Any
 
 from ..skip import LAYER_METHODS
 from . import charts as svg
+from .charts import Series
 from .results import Run, bench_row, fidelity_row, finite, flops_per_token
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -321,6 +322,30 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[dict[str, str]]:
+    """Per device (thin shapes apart), batch 1: the paper's rule's share of the ideal gain against
+    the share of FFNs skipped, one line per model (one colour per model in every chart), from
+    ``least`` skipped on (below it the ideal gain is within a step's noise)."""
+    groups: dict[str, list[Series]] = {}
+    for s in scaling:
+        points = [
+            (100 * c["skip_ratio"], 100 * c["share_of_ideal"])
+            for c in s["configs"]
+            if c["method"] == "ffnskip" and c.get("share_of_ideal") is not None and c["skip_ratio"] >= least
+        ]
+        if s["batch"] == 1 and points:
+            device = s["device"].split(",")[0] + (", thin shapes" if s["thin"] else "")
+            groups.setdefault(device, []).append((s["model"].removesuffix("-thin"), points))
+    models = list(dict.fromkeys(label for series in groups.values() for label, _ in series))
+    colours = {m: svg.EXTRA[i % len(svg.EXTRA)] for i, m in enumerate(models)}
+    charts = []
+    for device, series in groups.items():
+        title = f"ffnskip's share of the ideal decode gain by model: {device}, batch 1"
+        chart = svg.line_chart(title, series, "FFNs skipped (%)", "share of the ideal gain (%)", colours=colours)
+        charts.append({"title": title, "svg": chart})
+    return charts
+
+
 def _table(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """One model's leaderboard; ``has`` says which optional columns any row fills."""
     has = {k: any(r[k] is not None for r in rows) for k in ("top1", "speedup", "mflops", "peak_mb")}
@@ -336,7 +361,8 @@ def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) 
         "columns": columns(runs),
         "tables": [_table(m, [r for r in rows if r["model"] == m]) for m in models],
         "constant_zero": constant_zero(runs),
-        "scaling": speed_scaling(list(benches)),
+        "scaling": (scaling := speed_scaling(list(benches))),
+        "scaling_charts": scaling_charts(scaling),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": sorted({r.model for r in runs}),
         "tasks": tasks,

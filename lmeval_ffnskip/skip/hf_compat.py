@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from importlib import metadata
 
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
+
+from .provenance import package_version
 
 # the cache keyword of a decoder's forward, newest name first
 CACHE_KEYWORDS = ("cache", "past_key_values")
@@ -32,19 +33,6 @@ class IncompatibleTransformers(RuntimeError):
             f"{', '.join(TESTED_TRANSFORMERS)}). Install a tested release, e.g. "
             "`pip install -c constraints/locked.txt -e .`, or report the new calling convention."
         )
-
-
-def package_version(name: str) -> str | None:
-    """The installed version of distribution ``name`` (None when it is not installed)."""
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def versions() -> dict[str, str | None]:
-    """The versions every JSON this package writes records, so a figure can be reproduced."""
-    return {name: package_version(name) for name in ("torch", "transformers", "lm_eval", "lmeval-ffnskip")}
 
 
 def find_cache(args: tuple, kwargs: dict) -> Cache | None:
