@@ -120,15 +120,17 @@ def line_chart(
     shade: Sequence[tuple[float, float]] = (),
     scatter: Sequence[str] = (),
     colours: dict[str, str] | None = None,
+    y_span: Sequence[float] = (),
 ) -> str:
     """Lines with markers (the series named in ``scatter``: markers alone); ``shade`` greys x-ranges;
-    ``colours`` overrides the method colours (series that are not methods, such as models)."""
+    ``colours`` overrides the method colours (series that are not methods, such as models); the
+    y axis covers ``y_span`` as well as the data (charts meant to be compared side by side)."""
     paint = {label: (colours or {}).get(label) or colour(label) for label, _ in series}
     series = [(label, sorted(pts)) for label, pts in series if pts]
     if not series:
         return ""
     xs = [x for _, pts in series for x, _ in pts]
-    ys = [y for _, pts in series for _, y in pts]
+    ys = [y for _, pts in series for _, y in pts] + list(y_span)
     frame = _Frame(xs, ys, x_label, y_label)
     body = [
         f'<rect x="{frame.x(a):.1f}" y="{TOP}" width="{frame.x(b) - frame.x(a):.1f}" '

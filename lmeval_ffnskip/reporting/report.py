@@ -341,7 +341,9 @@ def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[di
     charts = []
     for device, series in groups.items():
         title = f"ffnskip's share of the ideal decode gain by model: {device}, batch 1"
-        chart = svg.line_chart(title, series, "FFNs skipped (%)", "share of the ideal gain (%)", colours=colours)
+        chart = svg.line_chart(
+            title, series, "FFNs skipped (%)", "share of the ideal gain (%)", colours=colours, y_span=(0, 100)
+        )
         charts.append({"title": title, "svg": chart})
     return charts
 
