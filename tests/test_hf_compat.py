@@ -70,6 +70,25 @@ def test_a_hidden_cache_is_an_error_not_dense_results(monkeypatch, batch_size):
     assert "0 decoding passes" in message or "attention mask over 8 positions, but 0 cached + 1" in message
 
 
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool, torch.float32])
+def test_a_pass_is_read_from_the_padding_mask_of_any_dtype(dtype):
+    """Positions count a row's real tokens; padding is not real; the same at prefill and decode."""
+    cache = DynamicCache()
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]).to(dtype)
+    prompt = hf_compat.PassTokens.read((), {"input_ids": torch.zeros(2, 5), "attention_mask": mask})
+    assert (prompt.batch, prompt.length, prompt.past, prompt.before) == (2, 5, 0, [0, 0])
+    assert prompt.real == [False, False, True, True, True] + [True] * 5
+    assert prompt.pos == [-1, -1, 0, 1, 2, 0, 1, 2, 3, 4]
+    cache.update(torch.zeros(2, 1, 5, 4), torch.zeros(2, 1, 5, 4), 0)  # five positions cached
+    grown = torch.cat([mask, torch.ones(2, 1, dtype=dtype)], 1)
+    step = hf_compat.PassTokens.read(
+        (), {"input_ids": torch.zeros(2, 1), "attention_mask": grown, "cache": cache}
+    )
+    assert (step.past, step.real, step.pos, step.before) == (5, [True, True], [3, 5], [3, 5])
+    bare = hf_compat.PassTokens.read((), {"input_ids": torch.zeros(2, 1), "cache": cache})
+    assert (bare.real, bare.pos, bare.before) == ([True, True], [5, 5], [5, 5])  # no mask: no padding
+
+
 def test_chunked_prefill_is_refused_by_name():
     model = tiny_model("llama")
     ids = torch.randint(3, 97, (1, 10))
