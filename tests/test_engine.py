@@ -224,3 +224,23 @@ def test_zero_budget_still_counts_eligible_tokens():
     assert engine.layout.k == 0
     assert engine.stats.eligible == 3 and engine.stats.skipped == 0
     assert engine.stats.never_fired == 3  # the rule had no budget to spend, so it never fired
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "policy",
+    [SkipPolicy(threshold=2.0, warmup=0), SkipPolicy(method="static", target_skip=0.01, warmup=0)],
+    ids=["threshold-2", "no-budget"],
+)
+def test_a_rule_with_nothing_to_decide_leaves_the_layers_alone(policy):
+    """Skipping switched off (threshold above 1) or a zero budget: the wrapped layers see no rule
+    (the stock path, nothing measured), yet every eligible token is counted."""
+    model = tiny_model("llama")
+    seen: list[object] = []
+    with attach(model, policy) as engine:
+        for site in engine.sites:
+            site.mlp.register_forward_pre_hook(lambda m, a: seen.append(engine._rule))
+        model.generate(_ids(2, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert seen and all(rule is None for rule in seen)
+    assert engine.stats.eligible == 2 * 3 and engine.stats.skipped == engine.stats.host_syncs == 0
+    assert engine.stats.never_fired == (6 if policy.method == "ffnskip" else 0)

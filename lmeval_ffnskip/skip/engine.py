@@ -55,7 +55,8 @@ class SkipEngine:
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
-        self._rule: TokenRule | SpreadRule | None = None
+        self._pass: TokenRule | SpreadRule | None = None  # this pass's rule, for the counters
+        self._rule: TokenRule | SpreadRule | None = None  # the same, while it has decisions to make
         self._shape: tuple[int, int] = (0, 0)
         self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
@@ -91,13 +92,15 @@ class SkipEngine:
         eligible = self.policy.eligible(self.steps.since(tokens), tokens.real)
         self._shape = (tokens.batch, tokens.length)
         self.stats.tokens += sum(tokens.real)
-        # a pass with nothing eligible (prompt, warm-up) runs the stock layers straight through
-        self._rule = None
+        # a pass with nothing eligible (prompt, warm-up), or whose rule can decide nothing
+        # (threshold above 1, no budget), runs the stock layers straight through
+        self._pass = self._rule = None
         if any(eligible):
-            self._rule = token_rule(self.policy, self.layout, eligible, tokens.pos, self._draws)
+            self._pass = token_rule(self.policy, self.layout, eligible, tokens.pos, self._draws)
+            self._rule = None if self._pass.idle() else self._pass
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
-        rule, self._rule, self._h = self._rule, None, None
+        rule, self._pass, self._rule, self._h = self._pass, None, None, None
         if rule is None:
             if self.history is not None:
                 self.history.append(torch.zeros(*self._shape, self.layout.n_layers, dtype=torch.bool))

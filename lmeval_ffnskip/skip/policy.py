@@ -281,6 +281,10 @@ class TokenRule:
         self._skipping.setdefault(layer, []).extend(rows)
         self.skip_count[layer] += len(rows)
 
+    def idle(self) -> bool:
+        """Whether this pass has nothing to decide: no row skips and none is looking for a trigger."""
+        return not self.checking and not self._skipping
+
     def enter(self, layer: int) -> None:
         """Called before ``layer``'s FFN; ffnskip's decisions are all made in ``measured``."""
 

@@ -71,6 +71,10 @@ class SpreadRule:
         self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
         self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
 
+    def idle(self) -> bool:
+        """Whether this pass has nothing to decide (no budget: no row owes a skip)."""
+        return not self._cuts
+
     def enter(self, layer: int) -> None:
         """Skip ``layer`` for the rows it falls to; choose the rows to measure after it."""
         skipping: list[int] = []
