@@ -358,15 +358,16 @@ def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) 
     """Everything the template shows; ``benches``: bench JSONs for the speed-by-model section."""
     tasks, rows = leaderboard(runs)
     models = sorted({r.model for r in runs})
+    scaling = speed_scaling(list(benches))
     return {
         "source": source,
         "columns": columns(runs),
         "tables": [_table(m, [r for r in rows if r["model"] == m]) for m in models],
         "constant_zero": constant_zero(runs),
-        "scaling": (scaling := speed_scaling(list(benches))),
+        "scaling": scaling,
         "scaling_charts": scaling_charts(scaling),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "models": sorted({r.model for r in runs}),
+        "models": models,
         "tasks": tasks,
         "rows": rows,
         "skip_curves": skip_curves(runs),
