@@ -88,7 +88,7 @@ def bench_main(argv: list[str]) -> int:
     print(json.dumps(env))
     print(
         f"{'config':<14}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'peak MB':>8}{'skip':>7}{'vs hf':>7}{'speedup':>8}{'ideal':>7}{'of ideal':>9}"
+        f"{'peak MB':>8}{'skip':>7}{'reads':>7}{'vs hf':>7}{'speedup':>8}{'ideal':>7}{'of ideal':>9}"
     )
     for r in rows:
         share = "" if r["share_of_ideal"] is None else f"{r['share_of_ideal']:.0%}"
@@ -96,9 +96,13 @@ def bench_main(argv: list[str]) -> int:
         peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         print(
             f"{r['config']:<14}{r['batch_size']:>6}{r['prefill_tokens_per_s']:>10.0f}{r['tokens_per_s']:>9.2f}"
-            f"{r['latency_ms_p10']:>8.2f}{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}{peak:>8}{r['skip_ratio']:>7.1%}"
+            f"{r['latency_ms_p10']:>8.2f}{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}{peak:>8}"
+            f"{r['skip_ratio']:>7.1%}{r['reads_per_step']:>7.2f}"
             f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{ideal:>7}{share:>9}"
         )
+    for r in rows:
+        if "ms_per_read" in r:
+            print(f"batch {r['batch_size']}: one check and its host read add {r['ms_per_read']:.3f} ms/step")
     if args.json:
         args.json.write_text(json.dumps(payload, indent=2))
     return 0

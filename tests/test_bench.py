@@ -45,6 +45,14 @@ def test_decode_speed_rows_and_ideal():
     assert by["dense"]["share_of_ideal"] is None
     assert 0 < by["ffnskip-0.25"]["skip_ratio"] <= 0.25
     assert by["hf"]["vs_hf"] == 1.0
+    # host reads: checks-only reads at every checked layer of every decoding step (one read for
+    # both rows), nothing else reads but ffnskip until it fires
+    checked = len(SkipPolicy(threshold=1.0).layout(model.config.num_hidden_layers).checked)
+    assert by["checks-only"]["reads_per_step"] == checked > 0
+    for name in ("hf", "dense", "ffnskip-off", "skip-all", "static-0.5"):
+        assert by[name]["reads_per_step"] == 0, name
+    assert 0 < by["ffnskip-0.25"]["reads_per_step"] <= checked
+    assert [r["config"] for r in rows if "ms_per_read" in r] == ["checks-only"]
 
 
 def _row(config: str, step_ms: list[float], skip: float, method: str = "ffnskip") -> dict:
@@ -76,6 +84,27 @@ def test_speedup_statistics():
     assert by["ffnskip-0.5"]["speedup"] == pytest.approx(90 / 40)  # the stall counts here
     with pytest.raises(ValueError, match="p10"):
         add_ideal(rows, "mean")
+
+
+def test_cost_of_one_check():
+    """checks-only minus skipping off, per host read, in ms per step, whichever time is compared."""
+    rows = [
+        _row("dense", [10, 10, 10, 10], 0.0, "dense"),
+        _row("skip-all", [6, 6, 6, 6], 1.0, "random"),
+        {**_row("ffnskip-off", [10, 10, 10, 10], 0.0), "reads_per_step": 0.0},
+        {**_row("checks-only", [12, 12, 12, 12], 0.0), "reads_per_step": 4.0},
+    ]
+    for row in rows:
+        row["new_tokens"] = 5  # 4 decoding steps
+    add_ideal(rows, "p50")
+    by = {r["config"]: r for r in rows}
+    assert by["checks-only"]["ms_per_read"] == pytest.approx(0.5) and "ms_per_read" not in by["ffnskip-off"]
+    add_ideal(rows, "run")
+    assert by["checks-only"]["ms_per_read"] == pytest.approx(0.5)
+    del rows[2]  # without the row to compare with, no figure (not a zero)
+    by["checks-only"].pop("ms_per_read")
+    add_ideal(rows, "p50")
+    assert "ms_per_read" not in by["checks-only"]
 
 
 @torch.no_grad()
@@ -163,6 +192,12 @@ def test_thin_shape_bench_end_to_end():
     for batch in (1, 2):
         assert by["ffnskip-0.25", batch]["skip_ratio"] == by["static-0.25", batch]["skip_ratio"] == 8 / 32
         assert by["skip-all", batch]["skip_ratio"] == 1.0 and by["checks-only", batch]["skip_ratio"] == 0.0
+        # the forced trigger: one host read per decoding step for all rows; checks-only one per
+        # checked layer (non-cold 4..27 but the last)
+        assert by["ffnskip-0.25", batch]["reads_per_step"] == 1.0
+        assert by["static-0.25", batch]["reads_per_step"] == 0
+        checks = by["checks-only", batch]
+        assert checks["reads_per_step"] == 23.0 and "ms_per_read" in checks
     with pytest.raises(ValueError, match="--shape"):
         run_bench(thin=True)
     with pytest.raises(ValueError, match="decide from the weights"):

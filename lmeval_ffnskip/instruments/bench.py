@@ -197,19 +197,32 @@ def prompt_batch(tokenizer: object, batch_size: int, device: torch.device | str)
     return dict(tokenizer(prompts, return_tensors="pt", padding=True).to(device))
 
 
-Runs = tuple[dict[str, list[list[float]]], dict[str, float], dict[str, int | None]]
+@dataclass(frozen=True)
+class Counts:
+    """What a configuration's engine did in one generation: the share of blocks skipped per
+    eligible token (with warmup=0 every decoding pass's, new_tokens - 1 of them: the prefill
+    emits the first; for shortgpt every token's), and its host reads of similarity checks per
+    decoding pass."""
+
+    skip_ratio: float
+    reads_per_step: float
+
+    @classmethod
+    def of(cls, engine: object, new_tokens: int) -> Counts:
+        if engine is None:  # plain HF: nothing skipped, nothing read
+            return cls(0.0, 0.0)
+        stats = engine.stats
+        return cls(stats.summary()["skip_ratio_eligible"] or 0.0, stats.host_syncs / max(new_tokens - 1, 1))
 
 
-def _skip_ratio(engine: object) -> float:
-    """The share of blocks skipped per eligible token: with warmup=0 every decoding pass's
-    (new_tokens - 1 of them: the prefill emits the first), for shortgpt every token's."""
-    return (engine.stats.summary()["skip_ratio_eligible"] or 0.0) if engine else 0.0
+# per configuration: pass times of each repetition, what its engine did, peak memory
+Runs = tuple[dict[str, list[list[float]]], dict[str, Counts], dict[str, int | None]]
 
 
 def _generate_runs(model: nn.Module, batch: dict, configs: list[Config], new_tokens: int, reps: int) -> Runs:
     """Per configuration: the pass times of each timed ``generate``, the skip ratio, peak memory."""
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
-    ratios: dict[str, float] = {}
+    counts: dict[str, Counts] = {}
     peaks: dict[str, int | None] = {}
     cuda = model.device.type == "cuda"
     for config in configs:
@@ -222,8 +235,8 @@ def _generate_runs(model: nn.Module, batch: dict, configs: list[Config], new_tok
             with _maybe_attach(model, config.policy, new_tokens) as engine:
                 runs[config.name].append(_timed_generate(model, batch, new_tokens))
             peaks[config.name] = torch.cuda.max_memory_allocated(model.device) if cuda else None
-            ratios[config.name] = _skip_ratio(engine)
-    return runs, ratios, peaks
+            counts[config.name] = Counts.of(engine, new_tokens)
+    return runs, counts, peaks
 
 
 def _lockstep_runs(model: nn.Module, batch: dict, configs: list[Config], new_tokens: int, reps: int) -> Runs:
@@ -235,13 +248,13 @@ def _lockstep_runs(model: nn.Module, batch: dict, configs: list[Config], new_tok
         with _maybe_attach(model, config.policy, new_tokens):
             sequences[config.name] = generate_fixed(model, batch, new_tokens)
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
-    ratios: dict[str, float] = {}
+    counts: dict[str, Counts] = {}
     for _ in range(reps):
         times, engines = _lockstep(model, batch, configs, sequences)
         for config in configs:
             runs[config.name].append(times[config.name])
-            ratios[config.name] = _skip_ratio(engines[config.name])
-    return runs, ratios, dict.fromkeys(runs)
+            counts[config.name] = Counts.of(engines[config.name], new_tokens)
+    return runs, counts, dict.fromkeys(runs)
 
 
 def decode_speed(
@@ -265,7 +278,7 @@ def decode_speed(
     batch_size = len(batch["input_ids"])
     prompt_tokens = int(batch["attention_mask"].sum())
     timed = _lockstep_runs if lockstep else _generate_runs
-    runs, ratios, peaks = timed(model, batch, configs, new_tokens, reps)
+    runs, counts, peaks = timed(model, batch, configs, new_tokens, reps)
     rows = []
     for config in configs:
         prefill = [run[0] for run in runs[config.name]]
@@ -290,7 +303,8 @@ def decode_speed(
                 "latency_ms_p90": 1000 * _percentile(steps, 90),
                 "latency_ms_p99": 1000 * _percentile(steps, 99),
                 "peak_memory_mb": None if peak is None else peak / 2**20,
-                "skip_ratio": ratios[config.name],
+                "skip_ratio": counts[config.name].skip_ratio,
+                "reads_per_step": counts[config.name].reads_per_step,
                 "timing": "lockstep" if lockstep else "generate",
             }
         )
@@ -302,7 +316,8 @@ SPEED_STATS = {"run": "decode_seconds", "p50": "latency_ms_p50", "p10": "latency
 
 
 def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
-    """Add measured speedup vs the engine's dense run, and the ideal speedup at that skip ratio.
+    """Add measured speedup vs the engine's dense run, the ideal speedup at that skip ratio, and
+    (on the ``checks-only`` row) the time one similarity check and its host read add to a step.
 
     ``stat`` picks the time compared (``SPEED_STATS``): the per-step median by default, which
     a stall of the machine moves far less than a whole run; ``p10`` (the lower decile of steps)
@@ -327,6 +342,17 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
             row["share_of_ideal"] = (
                 (row["speedup"] - 1) / (row["ideal_speedup"] - 1) if row["skip_ratio"] else None
             )
+        checks, off = group.get("checks-only"), group.get("ffnskip-off")
+        if checks and off and checks.get("reads_per_step"):
+            # what one similarity check and its host read add to a step
+            checks["ms_per_read"] = (_step_ms(checks, key) - _step_ms(off, key)) / checks["reads_per_step"]
+
+
+def _step_ms(row: dict[str, object], key: str) -> float:
+    """The compared time of ``row`` (``SPEED_STATS[stat]``) as milliseconds per decoding step."""
+    if key == "decode_seconds":
+        return 1000 * row[key] / max(row["new_tokens"] - 1, 1)
+    return row[key]
 
 
 def environment(model: nn.Module) -> dict[str, object]:

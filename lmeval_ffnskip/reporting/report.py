@@ -296,8 +296,9 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
 
 def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per bench JSON x batch size (``ffnskip bench --json``, e.g. one per ``--shape``):
-    the engine's overhead with skipping off, the cost of checks, the ideal, and each skip
-    configuration's speedup beside its ideal, in the order of the files given."""
+    the engine's overhead with skipping off, the cost of checks (all, and one where the JSON
+    counted the reads), the ideal, and each skip configuration's speedup beside its ideal, in
+    the order of the files given."""
     out = []
     for doc in benches:
         env = doc["environment"]
@@ -315,6 +316,7 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "dense_ms": rows.get("dense", {}).get("latency_ms_p50"),
                     "off_vs_hf": rows.get("ffnskip-off", {}).get("vs_hf"),
                     "checks": rows.get("checks-only", {}).get("speedup"),
+                    "check_ms": rows.get("checks-only", {}).get("ms_per_read"),  # benches since 2026-11-30
                     "skip_all": rows.get("skip-all", {}).get("speedup"),
                     "configs": [r for name, r in rows.items() if name not in fixed],
                 }
