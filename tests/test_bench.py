@@ -196,6 +196,11 @@ def test_thin_shape_bench_end_to_end():
         # checked layer (non-cold 4..27 but the last)
         assert by["ffnskip-0.25", batch]["reads_per_step"] == 1.0
         assert by["static-0.25", batch]["reads_per_step"] == 0
+        # the forced trigger's rows skip the same block; static's rows (prompts of 7 and 12
+        # tokens) draw their own layers, so fewer blocks are skipped by every row at batch 2
+        assert by["ffnskip-0.25", batch]["skip_ratio_pass"] == 8 / 32
+        static = by["static-0.25", batch]["skip_ratio_pass"]
+        assert static == 8 / 32 if batch == 1 else static < 8 / 32
         checks = by["checks-only", batch]
         assert checks["reads_per_step"] == 23.0 and "ms_per_read" in checks
     with pytest.raises(ValueError, match="--shape"):

@@ -136,6 +136,28 @@ def test_trigger_skips_the_next_k_layers():
     assert summary["skip_ratio_eligible"] == k / 16
     assert summary["never_reached_threshold"] == 0.0
     assert summary["skip_ratio_all"] == 2 * 6 * k / (2 * 10 * 16)
+    assert summary["skip_ratio_pass"] == 0.0  # the warm-up positions of the pass ran every block
+
+
+@torch.no_grad()
+def test_blocks_that_no_row_ran():
+    """``skip_ratio_pass``: the blocks no row of a decoding pass ran. The forced trigger's rows
+    skip the same block; static's rows, at other positions, draw their own layers."""
+    model = tiny_model("llama", n_layers=16)
+    batch = {"input_ids": _ids(2, 6), "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])}
+    layers = {"warmup": 0, "cold_start": 3, "cold_end": 2, "target_skip": 0.25}
+    with attach(model, SkipPolicy(threshold=-1.0, **layers)) as engine:
+        model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    summary = engine.stats.summary()
+    assert engine.stats.passes == 4  # the decoding passes (the prefill has nothing eligible)
+    assert summary["skip_ratio_pass"] == summary["skip_ratio_eligible"] == 4 / 16
+    with attach(model, SkipPolicy(method="static", **layers), record=True) as engine:
+        model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    decoding = torch.cat(engine.history[1:], dim=1)  # [rows, 4 passes, layers]
+    by_all = int(decoding.all(0).sum())
+    assert engine.stats.skipped_by_all == by_all and (decoding[0] != decoding[1]).any()
+    summary = engine.stats.summary()
+    assert summary["skip_ratio_pass"] == by_all / (4 * 16) < summary["skip_ratio_eligible"] == 4 / 16
 
 
 def _mixed_threshold(model: torch.nn.Module, ids: torch.Tensor, policy: SkipPolicy) -> float:

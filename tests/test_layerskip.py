@@ -61,7 +61,9 @@ def test_shortgpt_drops_the_least_influential_layers_for_real(arch):
     assert torch.equal(logits, reference)
     assert all(attn[i] == mlp[i] == 0 for i in expected)  # a dropped layer does no work at all
     assert all(attn[i] > 0 for i in range(N_LAYERS) if i not in expected)
-    assert engine.stats.summary()["skip_ratio_all"] == pytest.approx(n / N_LAYERS)
+    summary = engine.stats.summary()
+    assert summary["skip_ratio_all"] == summary["skip_ratio_pass"] == pytest.approx(n / N_LAYERS)
+    assert engine.stats.passes == 1 + 5  # the teacher-forced pass, generate's prefill and 4 steps
     assert out.shape == (2, 15)
 
 

@@ -218,5 +218,5 @@ def test_two_processes_merge_results_and_stats(plain_cli_run, tmp_path):
     assert results["n-samples"]["freebaseqa"]["effective"] == 4
     assert results["results"]["freebaseqa"] == plain_cli_run["results"]["freebaseqa"]
     merged, single = results["config"]["ffnskip"]["stats"], plain_cli_run["config"]["ffnskip"]["stats"]
-    for key in ("tokens", "eligible", "skipped", "layer_skipped"):
+    for key in ("tokens", "eligible", "skipped", "passes", "skipped_by_all", "layer_skipped"):
         assert merged[key] == single[key]  # both processes' counters, summed

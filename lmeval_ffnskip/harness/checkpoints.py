@@ -63,12 +63,40 @@ def _gguf_path(alias: str, spec: Embedded, workdir: Path) -> Path:
 
 def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
     """(model in eval mode on ``device``, tokenizer) of an embedded alias, HF id or local dir."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    where, kind = torch_device(device), torch_dtype(dtype)
     path = resolve(pretrained)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=kind).to(where).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def torch_device(name: str) -> Any:
+    """``name`` (``cpu``, ``cuda``, ``cuda:1``, ...) as a torch device this machine can use;
+    ValueError naming the problem otherwise (before any weights are loaded)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:  # a bad name, or a device this torch build lacks
+        raise ValueError(
+            f"device={name!r} cannot be used here ({err}); pick one this machine and torch "
+            f"{torch.__version__} have, e.g. cpu"
+        ) from err
+    return device
+
+
+def torch_dtype(name: str) -> Any:
+    """``name`` (``float32``, ``bfloat16``, ``float16``) as a floating-point torch dtype."""
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype={name!r} is not a floating-point torch dtype; use float32, bfloat16 or float16"
+        )
+    return dtype
 
 
 def resolve(pretrained: str) -> str:

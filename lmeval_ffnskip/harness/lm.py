@@ -15,7 +15,7 @@ from ..skip import LAYER_METHODS
 from ..skip.adapters import ffn_sites
 from ..skip.engine import checked_generate, make_engine
 from ..skip.policy import SkipPolicy
-from ..skip.stats import SkipStats
+from ..skip.stats import COUNTERS, SkipStats
 from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, resolve
 
@@ -186,16 +186,10 @@ class FFNSkipLM(HFLM):
 
 
 def _counts(stats: SkipStats) -> list[int]:
-    return [
-        stats.tokens,
-        stats.eligible,
-        stats.skipped,
-        stats.never_fired,
-        stats.host_syncs,
-        *stats.layer_skipped,
-    ]
+    return [*(getattr(stats, name) for name in COUNTERS), *stats.layer_skipped]
 
 
 def _from_counts(values: list[float], n_layers: int) -> SkipStats:
     v = [int(x) for x in values]
-    return SkipStats(n_layers, *v[:5], layer_skipped=v[5:])
+    n = len(COUNTERS)
+    return SkipStats(n_layers, **dict(zip(COUNTERS, v[:n], strict=True)), layer_skipped=v[n:])

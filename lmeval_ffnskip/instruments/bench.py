@@ -201,18 +201,25 @@ def prompt_batch(tokenizer: object, batch_size: int, device: torch.device | str)
 class Counts:
     """What a configuration's engine did in one generation: the share of blocks skipped per
     eligible token (with warmup=0 every decoding pass's, new_tokens - 1 of them: the prefill
-    emits the first; for shortgpt every token's), and its host reads of similarity checks per
-    decoding pass."""
+    emits the first; for shortgpt every token's), the share that no row of a pass ran (what a
+    batch whose FFN cost is its weights' reading can save), and the host reads of similarity
+    checks per decoding pass."""
 
     skip_ratio: float
+    skip_ratio_pass: float
     reads_per_step: float
 
     @classmethod
     def of(cls, engine: object, new_tokens: int) -> Counts:
         if engine is None:  # plain HF: nothing skipped, nothing read
-            return cls(0.0, 0.0)
+            return cls(0.0, 0.0, 0.0)
         stats = engine.stats
-        return cls(stats.summary()["skip_ratio_eligible"] or 0.0, stats.host_syncs / max(new_tokens - 1, 1))
+        summary = stats.summary()  # ratios are None only where no token was eligible: none skipped
+        return cls(
+            summary["skip_ratio_eligible"] or 0.0,
+            summary["skip_ratio_pass"] or 0.0,
+            stats.host_syncs / max(new_tokens - 1, 1),
+        )
 
 
 # per configuration: pass times of each repetition, what its engine did, peak memory
@@ -304,6 +311,7 @@ def decode_speed(
                 "latency_ms_p99": 1000 * _percentile(steps, 99),
                 "peak_memory_mb": None if peak is None else peak / 2**20,
                 "skip_ratio": counts[config.name].skip_ratio,
+                "skip_ratio_pass": counts[config.name].skip_ratio_pass,
                 "reads_per_step": counts[config.name].reads_per_step,
                 "timing": "lockstep" if lockstep else "generate",
             }
@@ -396,7 +404,7 @@ def run_bench(
     from tqdm import tqdm
 
     from ..harness.calibrate import with_calibration
-    from ..harness.checkpoints import load
+    from ..harness.checkpoints import load, torch_device, torch_dtype
     from .shapes import SHAPES, shape_model, token_batch
 
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
@@ -410,7 +418,7 @@ def run_bench(
                 f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
                 f"use {', '.join(SHAPE_METHODS)}"
             )
-        model = shape_model(shape, getattr(torch, dtype), device, thin_widths=thin)
+        model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin)
         configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
 
         def batch_of(size: int) -> dict:

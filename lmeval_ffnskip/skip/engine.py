@@ -109,6 +109,8 @@ class SkipEngine:
         stats = self.stats
         stats.eligible += rule.n_eligible
         stats.skipped += sum(rule.skip_count)
+        stats.passes += 1
+        stats.skipped_by_all += rule.skip_count.count(rule.n)
         stats.never_fired += rule.never_fired()
         stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, rule.skip_count, strict=True)]
         if self.history is not None:

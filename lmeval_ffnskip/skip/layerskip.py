@@ -157,6 +157,9 @@ class LayerSkipEngine:
         stats.tokens += int(real.sum())
         stats.eligible += int(eligible.sum())
         stats.skipped += int(counts[real].sum())
+        if eligible.any():
+            stats.passes += 1
+            stats.skipped_by_all += low  # the layers no token of the pass runs
         for r in range(top):
             stats.layer_skipped[order[r]] += int((counts[real] > r).sum())
         if self.history is not None:

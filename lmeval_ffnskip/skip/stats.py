@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+# the scalar counters, in the order processes exchange them
+COUNTERS = ("tokens", "eligible", "skipped", "never_fired", "host_syncs", "passes", "skipped_by_all")
+
 
 @dataclass
 class SkipStats:
@@ -15,6 +18,8 @@ class SkipStats:
     skipped: int = 0  # FFN blocks skipped, over all tokens and layers
     never_fired: int = 0  # eligible ffnskip tokens whose similarity never reached the threshold
     host_syncs: int = 0  # device-to-host reads of skip decisions
+    passes: int = 0  # forward passes with a token eligible for skipping
+    skipped_by_all: int = 0  # FFN blocks that no token of such a pass ran, over all its layers
     layer_skipped: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -25,7 +30,7 @@ class SkipStats:
         """Add another run's counters (e.g. from another process)."""
         if other.n_layers != self.n_layers:
             raise ValueError(f"cannot merge stats of {other.n_layers} and {self.n_layers} layers")
-        for name in ("tokens", "eligible", "skipped", "never_fired", "host_syncs"):
+        for name in COUNTERS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.layer_skipped = [a + b for a, b in zip(self.layer_skipped, other.layer_skipped, strict=True)]
 
@@ -35,6 +40,8 @@ class SkipStats:
         out: dict[str, object] = asdict(self)
         out["skip_ratio_eligible"] = self.skipped / (self.eligible * per_token) if self.eligible else None
         out["skip_ratio_all"] = self.skipped / (self.tokens * per_token) if self.tokens else None
+        # a block some token of the pass runs still streams its weights: what a batch saves
+        out["skip_ratio_pass"] = self.skipped_by_all / (self.passes * per_token) if self.passes else None
         out["layer_skip_frequency"] = (
             [n / self.eligible for n in self.layer_skipped] if self.eligible else None
         )
