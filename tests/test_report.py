@@ -345,10 +345,13 @@ def test_speed_by_model_section_renders_bench_jsons(sweep_dir, tmp_path, capsys)
     files = [here / f"{name}.json" for name in ("llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m")]
     docs = [read_bench(p) for p in files]
     rows = speed_scaling(docs)
-    assert [r["model"] for r in rows] == ["llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m"]
-    first = {r["config"]: r for r in docs[0]["rows"]}
+    assert [(r["model"], r["batch"]) for r in rows] == [
+        (name, batch) for name in ("llama-3.2-1b", "qwen2.5-0.5b", "smollm2-135m") for batch in (1, 8)
+    ]
+    first = {r["config"]: r for r in docs[0]["rows"] if r["batch_size"] == 1}
     assert rows[0]["random"] and rows[0]["off_vs_hf"] == first["ffnskip-off"]["vs_hf"]
     assert rows[0]["skip_all"] == first["skip-all"]["speedup"] > 2
+    assert rows[0]["check_ms"] == first["checks-only"]["ms_per_read"]
     assert [c["config"] for c in rows[0]["configs"]][:3] == ["ffnskip-0.05", "ffnskip-0.25", "ffnskip-0.5"]
     (chart,) = scaling_charts(rows)  # one device; 25% and 50% per model (5% is below the cut)
     assert chart["svg"].count('class="series"') == 3 and chart["svg"].count('class="point"') == 6
@@ -357,6 +360,8 @@ def test_speed_by_model_section_renders_bench_jsons(sweep_dir, tmp_path, capsys)
     assert main(["report", str(sweep_dir), "-o", str(page), "--bench", *map(str, files)]) == 0
     html = page.read_text()
     assert 'id="scaling"' in html and 'llama-3.2-1b <span class="muted">(random)</span>' in html
+    static = next(c for c in rows[1]["configs"] if c["config"] == "static-0.25")  # batch 8
+    assert f"static-0.25 (25.0%; {static['skip_ratio_pass']:.1%} by every row)" in html
     thin = here.parent / "cpu-thin" / "llama-2-7b.json"
     assert main(["report", str(sweep_dir), "-o", str(page), "--bench", str(thin)]) == 0
     html = page.read_text()
