@@ -36,6 +36,7 @@ import torch
 
 from . import LAYER_METHODS, METHODS
 from .hf_compat import PassTokens
+from .rows import PassSkips
 from .spread import SpreadRule, hot_layers
 
 RANDOM_METHODS = ("random", "static")
@@ -245,7 +246,7 @@ class LayerLayout:
         return [layers[(g * n) // k : ((g + 1) * n) // k] for g in range(k)]
 
 
-class TokenRule:
+class TokenRule(PassSkips):
     """Skip decisions for the N tokens of one forward pass, made layer by layer on the host.
 
     Decisions are filled in as they become known: up front for the random baselines, and for
@@ -262,24 +263,16 @@ class TokenRule:
         positions: list[int],
         draws: RandomDraws | None,
     ) -> None:
+        super().__init__(eligible, layout.n_layers)
         self.threshold, self.layout = policy.threshold, layout
-        self.n = len(eligible)
-        rows = [row for row, ok in enumerate(eligible) if ok]
-        self.n_eligible = len(rows)
-        self.skip_count = [0] * layout.n_layers
-        self._skipping: dict[int, list[int]] = {}  # layer -> rows that skip it
         searching = layout.method == "ffnskip" and layout.k > 0 and policy.threshold <= 1.0
-        self.checking: list[int] = rows if searching else []
+        self.checking: list[int] = self.rows if searching else []
         self._never = self.n_eligible - len(self.checking) if layout.method == "ffnskip" else 0
         if draws is not None and layout.k:
-            for row in rows:
+            for row in self.rows:
                 for layer in draws.take(positions[row]):
                     self._skip(layer, [row])
         self._checked = layout.checked
-
-    def _skip(self, layer: int, rows: list[int]) -> None:
-        self._skipping.setdefault(layer, []).extend(rows)
-        self.skip_count[layer] += len(rows)
 
     def idle(self) -> bool:
         """Whether this pass has nothing to decide: no row skips and none is looking for a trigger."""
@@ -301,18 +294,6 @@ class TokenRule:
         self.checking = [row for row in self.checking if row not in done]
         for j in range(layer + 1, min(layer + 1 + self.layout.k, self.layout.mid.stop)):
             self._skip(j, fired)
-
-    def kept(self, layer: int) -> torch.Tensor:
-        """Indices of the rows that run ``layer``'s FFN, ascending."""
-        skipped = set(self._skipping.get(layer, ()))
-        return torch.tensor([row for row in range(self.n) if row not in skipped], dtype=torch.long)
-
-    def mask(self) -> torch.Tensor:
-        """[N, n_layers] which FFNs each row skipped."""
-        skip = torch.zeros(self.n, self.layout.n_layers, dtype=torch.bool)
-        for layer, rows in self._skipping.items():
-            skip[rows, layer] = True
-        return skip
 
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""

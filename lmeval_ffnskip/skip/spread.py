@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
+from .rows import PassSkips
 
 if TYPE_CHECKING:
     from .policy import LayerLayout, SkipPolicy
@@ -41,7 +41,7 @@ def hot_layers(mean: list[float], std: list[float]) -> list[int]:
     return [i for i, m in enumerate(mean) if m < level]
 
 
-class SpreadRule:
+class SpreadRule(PassSkips):
     """``spread``'s decisions for the N tokens of one forward pass, made layer by layer.
 
     Same interface as ``TokenRule``. Each eligible row owes one skip to every group of its cut
@@ -56,15 +56,11 @@ class SpreadRule:
         self, policy: SkipPolicy, layout: LayerLayout, eligible: list[bool], positions: list[int]
     ) -> None:
         assert policy.calibration is not None  # checked by SkipPolicy.layout
-        self.n, self.n_layers = len(eligible), layout.n_layers
-        rows = [row for row, ok in enumerate(eligible) if ok]
-        self.n_eligible = len(rows)
-        self.skip_count = [0] * layout.n_layers
-        self._skipped: dict[int, list[int]] = {}  # layer -> rows that skip it
+        super().__init__(eligible, layout.n_layers)
         self.level, cuts = _spread_tables(layout, policy.calibration)
         by_cut: dict[int, list[int]] = {}
         if layout.k:
-            for row in rows:
+            for row in self.rows:
                 by_cut.setdefault(_position_hash(policy.seed, positions[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
         self.checking: list[int] = []
@@ -88,8 +84,7 @@ class SpreadRule:
         if skipping:
             if high:
                 self._fired.update(high)  # a high row that owed this layer's group skipped it
-            self._skipped[layer] = skipping
-            self.skip_count[layer] = len(skipping)
+            self._skip(layer, skipping)
 
     def checks_at(self, layer: int) -> bool:
         return bool(self.checking)
@@ -98,18 +93,6 @@ class SpreadRule:
         """cos(h, h + FFN) of ``rows`` at ``layer``: those at or above its level may skip next."""
         level = self.level[layer]
         self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
-
-    def kept(self, layer: int) -> torch.Tensor:
-        """Indices of the rows that run ``layer``'s FFN."""
-        skipped = set(self._skipped.get(layer, ()))
-        return torch.tensor([r for r in range(self.n) if r not in skipped], dtype=torch.long)
-
-    def mask(self) -> torch.Tensor:
-        """[N, n_layers] which FFNs each row skipped."""
-        skip = torch.zeros(self.n, self.n_layers, dtype=torch.bool)
-        for layer, rows in self._skipped.items():
-            skip[rows, layer] = True
-        return skip
 
     def never_fired(self) -> int:
         """Eligible tokens all of whose skips fell to a group's last layer."""
