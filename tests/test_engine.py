@@ -8,7 +8,7 @@ from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from transformers import DynamicCache
 
 from lmeval_ffnskip.skip.adapters import ffn_sites
-from lmeval_ffnskip.skip.engine import attach
+from lmeval_ffnskip.skip.engine import attach, to_host
 from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword
 from lmeval_ffnskip.skip.policy import SkipPolicy
 
@@ -266,3 +266,26 @@ def test_a_rule_with_nothing_to_decide_leaves_the_layers_alone(policy):
     assert seen and all(rule is None for rule in seen)
     assert engine.stats.eligible == 2 * 3 and engine.stats.skipped == engine.stats.host_syncs == 0
     assert engine.stats.never_fired == (6 if policy.method == "ffnskip" else 0)
+
+
+def test_host_copy_is_awaited_on_the_stream_of_the_gpu_holding_it(monkeypatch):
+    """With the model split over GPUs, a layer's Gram matrix is copied on its own GPU's stream:
+    the event the decision waits for must be recorded there, not on the current device's."""
+    recorded = []
+
+    class Event:
+        def record(self, stream: object = None) -> None:
+            recorded.append(stream)
+
+    class OnSecondGPU:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+        def to(self, device: str, non_blocking: bool = False) -> str:
+            return f"copied to {device}"
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"current stream of {device}")
+    host, event = to_host(OnSecondGPU())
+    assert host == "copied to cpu" and isinstance(event, Event)
+    assert recorded == ["current stream of cuda:1"]

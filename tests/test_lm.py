@@ -51,8 +51,7 @@ def _evaluate(model: str, model_args: str, tasks: list[str], task_manager, limit
         device="cpu",
         task_manager=task_manager,
         log_samples=True,
-        batch_size=2,
-        **kw,
+        **{"batch_size": 2, **kw},
     )
 
 
@@ -78,6 +77,29 @@ def test_dense_matches_hf(task_manager):
         assert [s["resps"] for s in ours["samples"][task]] == [s["resps"] for s in hf["samples"][task]]
     stats = ours["config"]["ffnskip"]["stats"]
     assert stats["skipped"] == 0 and stats["tokens"] > 0
+
+
+def test_request_cache_is_refused(task_manager, tmp_path):
+    """lm-eval's cache keys requests, not model_args: a skip run would get a dense run's answers."""
+    with pytest.raises(ValueError, match="--use_cache cannot be used with --model ffnskip"):
+        _evaluate(
+            "ffnskip", "method=dense", ["freebaseqa"], task_manager, limit=1, use_cache=str(tmp_path / "c")
+        )
+
+
+def test_batched_stats_count_the_tokens_each_request_keeps(task_manager):
+    """Rows that met their stop sequence go on decoding until the longest row ends; the stats
+    count only the tokens each request keeps, as generating it alone would."""
+    args = "target_skip=0.25,warmup=2"
+    alone = _evaluate("ffnskip", args, ["freebaseqa"], task_manager, batch_size=1)
+    batched = _evaluate("ffnskip", args, ["freebaseqa"], task_manager, batch_size=4)
+    answers = [[s["resps"] for s in out["samples"]["freebaseqa"]] for out in (alone, batched)]
+    assert answers[0] == answers[1]
+    one, four = (out["config"]["ffnskip"]["stats"] for out in (alone, batched))
+    for key in ("tokens", "eligible", "skipped", "never_fired", "layer_skipped", "skip_ratio_eligible"):
+        assert four[key] == one[key], key
+    assert four["decoded_tokens"] > four["tokens"]  # the batch did decode past some rows' stops
+    assert one["decoded_tokens"] == one["tokens"]
 
 
 def test_loglikelihood_skips_only_with_skip_prompt(task_manager, caplog):
@@ -211,10 +233,13 @@ def test_plain_cli_finds_model_and_task(plain_cli_run):
 
 
 @pytest.mark.slow
-def test_two_processes_merge_results_and_stats(plain_cli_run, tmp_path):
-    """`python -m lmeval_ffnskip` in two processes under accelerate: the same scores and counts."""
-    cmd = ["accelerate", "launch", "--num_processes", "2", "--cpu", "-m", "lmeval_ffnskip"]
+def test_two_processes_split_the_requests_and_merge_results_and_stats(plain_cli_run, tmp_path):
+    """`torchrun --nproc_per_node 2 -m lmeval_ffnskip` on CPUs: two ranks each compute half of the
+    requests; the merged scores and counters equal one process's."""
+    cmd = ["torchrun", "--nproc_per_node", "2", "-m", "lmeval_ffnskip"]
     results = _run(cmd, tmp_path, 4, OMP_NUM_THREADS="1")
+    assert results["config"]["ffnskip"]["processes"] == {"world_size": 2, "requests": [2, 2]}
+    assert plain_cli_run["config"]["ffnskip"]["processes"] == {"world_size": 1, "requests": [4]}
     assert results["n-samples"]["freebaseqa"]["effective"] == 4
     assert results["results"]["freebaseqa"] == plain_cli_run["results"]["freebaseqa"]
     merged, single = results["config"]["ffnskip"]["stats"], plain_cli_run["config"]["ffnskip"]["stats"]

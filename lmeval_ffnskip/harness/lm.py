@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import os
+import sys
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 from lm_eval.models.huggingface import HFLM
@@ -15,9 +18,10 @@ from ..skip import LAYER_METHODS
 from ..skip.adapters import ffn_sites
 from ..skip.engine import checked_generate, make_engine
 from ..skip.policy import SkipPolicy
-from ..skip.stats import COUNTERS, SkipStats
+from ..skip.stats import COUNTERS, RowLedger, SkipStats
 from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, resolve
+from .stops import kept_lengths
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,14 @@ HF_LOAD_ARGS = (
     "token",
     "device_map",
     "quantization_config",
+)
+
+
+# lm-eval's request cache (``--use_cache``) keys a request by its text alone, not by the model
+CACHE_REFUSED = (
+    "--use_cache cannot be used with --model ffnskip: lm-eval's cache keys each request by its "
+    "text alone, not by model_args, so a run would be handed answers another configuration "
+    "computed. Drop --use_cache (an `ffnskip sweep` resumes finished cells, keyed by every setting)"
 )
 
 
@@ -58,18 +70,25 @@ class FFNSkipLM(HFLM):
     """
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - valid_args())
-        if unknown:
-            raise ValueError(
-                f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
-                f"{', '.join(POLICY_ARGS)}, and HFLM's: {', '.join(sorted(valid_args() - set(POLICY_ARGS)))}"
-            )
-        given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
-        profile = kwargs.pop("profile", None)
-        self.policy = SkipPolicy.from_args(given)
+        try:
+            if unknown := sorted(set(kwargs) - valid_args()):
+                hf_args = ", ".join(sorted(valid_args() - set(POLICY_ARGS)))
+                raise ValueError(
+                    f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
+                    f"{', '.join(POLICY_ARGS)}, and HFLM's: {hf_args}"
+                )
+            if _cli_uses_cache():
+                raise ValueError(CACHE_REFUSED)
+            given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
+            profile = kwargs.pop("profile", None)
+            self.policy = SkipPolicy.from_args(given)
+        except ValueError as err:
+            _refuse(err)
         if isinstance(pretrained, str):
             pretrained = resolve(pretrained)
+        _cpu_ranks(kwargs.get("device"))
         super().__init__(pretrained=pretrained, **kwargs)
+        self._split_over_processes()
         self.profile: str | None = None
         if profile is not None and str(profile).lower() != "none":
             self._apply_profile(str(profile), given)
@@ -80,7 +99,22 @@ class FFNSkipLM(HFLM):
         self.engine = make_engine(self.model, self.policy)
         self.engine.install()
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
+        self.requests = [0] * self.world_size  # requests each process's model computed
         self.notes: list[str] = []  # what the results JSON must say about these stats
+
+    def _split_over_processes(self) -> None:
+        """Under a launcher of several CPU processes (``torchrun``), serve a share of the requests
+        per process: HFLM splits work only where it sees several GPUs, so on CPUs every rank would
+        otherwise evaluate every document."""
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is not None and accelerator.num_processes > 1 and self.world_size == 1:
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+
+    def set_cache_hook(self, cache_hook: Any) -> None:
+        """Refuse lm-eval's request cache (``CACHE_REFUSED``), whichever way it was switched on."""
+        if getattr(cache_hook, "dbdict", None) is not None:
+            raise ValueError(CACHE_REFUSED)
+        super().set_cache_hook(cache_hook)
 
     def _apply_profile(self, profile: str, given: dict[str, Any]) -> None:
         """ffnskip: take threshold, cold layers and k from a calibration profile (``auto``:
@@ -107,11 +141,14 @@ class FFNSkipLM(HFLM):
         self.profile = str(path)
 
     def _gather_stats(self, kind: str, n_requests: int) -> None:
-        """Fold this process's counters into ``skip_stats``, summed over all processes."""
+        """Fold this process's counters into ``skip_stats``, summed over all processes, and
+        count the requests each process computed."""
         local, self.engine.stats = self.engine.stats, SkipStats(self.skip_stats.n_layers)
+        counts = torch.tensor([[n_requests, *_counts(local)]], device=self.device)
         if self.world_size > 1:
-            counts = torch.tensor(_counts(local), device=self.device)
-            local = _from_counts(self.all_gather(counts.unsqueeze(0)).sum(0).tolist(), local.n_layers)
+            counts = self.all_gather(counts)
+        self.requests = [a + int(b) for a, b in zip(self.requests, counts[:, 0].tolist(), strict=True)]
+        local = _from_counts(counts[:, 1:].sum(0).tolist(), local.n_layers)
         self.skip_stats.merge(local)
         if self.policy.method != "dense" and local.tokens and not local.eligible:
             if kind == "generate_until":
@@ -131,7 +168,18 @@ class FFNSkipLM(HFLM):
         """HFLM's ``generate`` call, checked against what the engine saw (``checked_generate``)."""
         mask = kwargs.get("attention_mask")
         run = partial(super()._model_generate, context, max_length, stop, **kwargs)
-        return checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
+        engine = self.engine
+        if context.shape[0] == 1:  # generation ends where the row's request does
+            return checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
+        engine.ledger = RowLedger(len(engine.sites))
+        try:
+            out = checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
+            eos = self.model.generation_config.eos_token_id
+            kept = kept_lengths(out[:, context.shape[1] :], stop, self.tokenizer, eos)
+            engine.stats.take_back(engine.ledger.discarded(kept))
+        finally:
+            engine.ledger = None
+        return out
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
         out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -181,8 +229,40 @@ class FFNSkipLM(HFLM):
             "stats": stats,
             "skipped_anything": bool(stats["skipped"]),
             "notes": self.notes,
+            # how the run was split: the requests each process's model computed
+            "processes": {"world_size": self.world_size, "requests": self.requests},
         }
         return info
+
+
+def _cpu_ranks(device: object) -> None:
+    """Under ``torchrun`` with CPU ranks, let accelerate form its process group (over gloo): it
+    does only when told the ranks are CPUs, and otherwise gives each rank a world of one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and (
+        str(device).startswith("cpu") or not torch.cuda.is_available()
+    ):
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def _from_lm_eval_cli() -> bool:
+    """Whether this process is lm-eval's command line (``lm_eval``, ``python -m lm_eval``,
+    ``python -m lmeval_ffnskip``, which hands over as ``lm_eval``)."""
+    script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    return script.name in ("lm_eval", "lm-eval") or (
+        script.name == "__main__.py" and script.parent.name == "lm_eval"
+    )
+
+
+def _cli_uses_cache() -> bool:
+    return _from_lm_eval_cli() and any(a == "--use_cache" or a.startswith("--use_cache=") for a in sys.argv)
+
+
+def _refuse(err: ValueError) -> NoReturn:
+    """Bad model_args: on lm-eval's command line one line and exit 2, else the ValueError."""
+    if _from_lm_eval_cli():
+        print(f"lm_eval --model ffnskip: {err}", file=sys.stderr)
+        raise SystemExit(2)
+    raise err
 
 
 def _counts(stats: SkipStats) -> list[int]:

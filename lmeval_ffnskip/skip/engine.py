@@ -42,7 +42,7 @@ from .policy import (
     token_rule,
 )
 from .spread import SpreadRule
-from .stats import SkipStats
+from .stats import RowLedger, SkipStats, unskipped_rows
 
 
 class SkipEngine:
@@ -54,10 +54,11 @@ class SkipEngine:
         self.layout = policy.layout(len(self.sites))
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
+        self.ledger: RowLedger | None = None  # per-row counts of a batched generation, while open
         self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
         self._pass: TokenRule | SpreadRule | None = None  # this pass's rule, for the counters
         self._rule: TokenRule | SpreadRule | None = None  # the same, while it has decisions to make
-        self._shape: tuple[int, int] = (0, 0)
+        self._tokens: PassTokens | None = None
         self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
@@ -90,8 +91,7 @@ class SkipEngine:
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
         eligible = self.policy.eligible(self.steps.since(tokens), tokens.real)
-        self._shape = (tokens.batch, tokens.length)
-        self.stats.tokens += sum(tokens.real)
+        self._tokens = tokens
         # a pass with nothing eligible (prompt, warm-up), or whose rule can decide nothing
         # (threshold above 1, no budget), runs the stock layers straight through
         self._pass = self._rule = None
@@ -101,20 +101,24 @@ class SkipEngine:
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
         rule, self._pass, self._rule, self._h = self._pass, None, None, None
+        tokens, stats = self._tokens, self.stats
+        shape = (tokens.batch, tokens.length)
         if rule is None:
+            stats.add_tokens(sum(tokens.real), 0, 0, 0)
+            if self.ledger is not None:
+                self.ledger.add(unskipped_rows(tokens.real, tokens.length))
             if self.history is not None:
-                self.history.append(torch.zeros(*self._shape, self.layout.n_layers, dtype=torch.bool))
+                self.history.append(torch.zeros(*shape, self.layout.n_layers, dtype=torch.bool))
             return
         self._resolve(rule)
-        stats = self.stats
-        stats.eligible += rule.n_eligible
-        stats.skipped += sum(rule.skip_count)
+        stats.add_tokens(sum(tokens.real), rule.n_eligible, sum(rule.skip_count), rule.never_fired())
         stats.passes += 1
         stats.skipped_by_all += rule.skip_count.count(rule.n)
-        stats.never_fired += rule.never_fired()
         stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, rule.skip_count, strict=True)]
+        if self.ledger is not None:
+            self.ledger.add(rule.row_counts(tokens.length, tokens.real))
         if self.history is not None:
-            self.history.append(rule.mask().view(*self._shape, -1))
+            self.history.append(rule.mask().view(*shape, -1))
 
     # -- per layer ----------------------------------------------------------------------
     def _ffn_input(
@@ -201,12 +205,7 @@ class SkipEngine:
         pair = torch.cat((h, block), dim=1)
         if pair.dtype != torch.float32:
             pair = pair.float()
-        gram = torch.bmm(pair, pair.mT)
-        event = None
-        if gram.is_cuda:
-            gram = gram.to("cpu", non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
+        gram, event = to_host(torch.bmm(pair, pair.mT))
         self._pending = (layer, rows, gram, event)  # measured() replaces, never mutates, checking
 
     def _resolve(self, rule: TokenRule | SpreadRule) -> None:
@@ -219,6 +218,19 @@ class SkipEngine:
             event.synchronize()
         self.stats.host_syncs += 1
         rule.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
+
+
+def to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying ``tensor`` to the host. On a GPU the copy is queued on the current stream of
+    the GPU holding ``tensor`` (with the model split over GPUs, not necessarily the current
+    device), so the event that says it has landed is recorded on that stream."""
+    if not tensor.is_cuda:
+        return tensor, None
+    stream = torch.cuda.current_stream(tensor.device)
+    host = tensor.to("cpu", non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(stream)
+    return host, event
 
 
 def _cosine(gram: list[list[float]]) -> float:

@@ -31,7 +31,7 @@ from .adapters import ffn_sites
 from .hf_compat import PassTokens
 from .hooks import Patches
 from .policy import LayerLayout, SkipPolicy, StepCounter
-from .stats import SkipStats
+from .stats import RowCount, RowLedger, SkipStats
 
 
 def ffn_share(layer: nn.Module, mlp: nn.Module) -> float:
@@ -120,6 +120,7 @@ class LayerSkipEngine:
         self.layout, self.plan = plan(model, policy)
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
+        self.ledger: RowLedger | None = None  # per-row counts of a batched generation, while open
         self.steps = StepCounter(policy.skip_prompt)
         self._skipped: frozenset[int] = frozenset()
         self._partial: dict[int, torch.Tensor] = {}  # layer -> [batch, length, 1] tokens skipping it
@@ -154,9 +155,9 @@ class LayerSkipEngine:
         self._partial = {order[r]: (counts > r)[..., None].to(device) for r in range(low, top)}
         eligible = real if self.plan.method == "shortgpt" else real & (since >= self.policy.warmup)
         stats = self.stats
-        stats.tokens += int(real.sum())
-        stats.eligible += int(eligible.sum())
-        stats.skipped += int(counts[real].sum())
+        stats.add_tokens(int(real.sum()), int(eligible.sum()), int(counts[real].sum()), 0)
+        if self.ledger is not None:
+            self.ledger.add(self._row_counts(counts, real, eligible))
         if eligible.any():
             stats.passes += 1
             stats.skipped_by_all += low  # the layers no token of the pass runs
@@ -167,6 +168,15 @@ class LayerSkipEngine:
             for r, layer in enumerate(order[:top]):
                 mark[..., layer] = counts > r
             self.history.append(mark & real[..., None])
+
+    def _row_counts(self, counts: torch.Tensor, real: torch.Tensor, eligible: torch.Tensor) -> list[RowCount]:
+        """Per batch entry, what this pass counted (``counts``: layers skipped per token)."""
+        order = self.plan.order
+        skips = torch.where(real, counts, 0).tolist()
+        return [
+            RowCount(int(r.sum()), int(e.sum()), 0, tuple(layer for c in row for layer in order[:c]))
+            for row, r, e in zip(skips, real, eligible, strict=True)
+        ]
 
     def _layer(
         self,

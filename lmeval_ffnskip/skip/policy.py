@@ -267,7 +267,8 @@ class TokenRule(PassSkips):
         self.threshold, self.layout = policy.threshold, layout
         searching = layout.method == "ffnskip" and layout.k > 0 and policy.threshold <= 1.0
         self.checking: list[int] = self.rows if searching else []
-        self._never = self.n_eligible - len(self.checking) if layout.method == "ffnskip" else 0
+        # ffnskip rows that cannot fire (no budget, threshold above 1)
+        self._never = self.rows if layout.method == "ffnskip" and not searching else []
         if draws is not None and layout.k:
             for row in self.rows:
                 for layer in draws.take(positions[row]):
@@ -297,7 +298,10 @@ class TokenRule(PassSkips):
 
     def never_fired(self) -> int:
         """Eligible tokens of an ``ffnskip`` pass whose similarity never reached the threshold."""
-        return self._never + len(self.checking)
+        return len(self._never) + len(self.checking)
+
+    def never_rows(self) -> list[int]:
+        return self._never + self.checking
 
 
 def token_rule(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .stats import RowCount
+
 
 class PassSkips:
     """The N tokens (rows) of one pass: which are eligible, and per layer which rows skip it."""
@@ -25,6 +27,30 @@ class PassSkips:
         """Indices of the rows that run ``layer``'s FFN, ascending."""
         skipped = set(self._skipping.get(layer, ()))
         return torch.tensor([row for row in range(self.n) if row not in skipped], dtype=torch.long)
+
+    def never_rows(self) -> list[int]:
+        """The eligible rows whose rule never fired (``never_fired`` counts them)."""
+        raise NotImplementedError
+
+    def row_counts(self, length: int, real: list[bool]) -> list[RowCount]:
+        """Per batch entry (``length`` consecutive rows each), what it counted in this pass."""
+        layers: list[list[int]] = [[] for _ in range(self.n)]
+        for layer, rows in self._skipping.items():
+            for row in rows:
+                layers[row].append(layer)
+        eligible, never = set(self.rows), set(self.never_rows())
+        out = []
+        for start in range(0, self.n, length):
+            span = range(start, start + length)
+            out.append(
+                RowCount(
+                    tokens=sum(real[i] for i in span),
+                    eligible=sum(i in eligible for i in span),
+                    never_fired=sum(i in never for i in span),
+                    layers=tuple(layer for i in span for layer in layers[i]),
+                )
+            )
+        return out
 
     def mask(self) -> torch.Tensor:
         """[N, n_layers] which FFNs each row skipped."""

@@ -98,6 +98,9 @@ class SpreadRule(PassSkips):
         """Eligible tokens all of whose skips fell to a group's last layer."""
         return sum(len(cut.rows) for cut in self._cuts) - len(self._fired)
 
+    def never_rows(self) -> list[int]:
+        return [row for cut in self._cuts for row in cut.rows if row not in self._fired]
+
 
 @dataclass(frozen=True)
 class SpreadCut:
