@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 
 import pytest
 
@@ -51,3 +53,99 @@ def test_device_and_dtype_are_checked_before_loading(capsys):
     if not torch.cuda.is_available():
         assert main(["bench", "--shape", "smollm2-135m", "--device", "cuda"]) == 2
         assert "device='cuda' cannot be used here" in capsys.readouterr().err
+
+
+def _checkpoint_dir(root, model_type: str):
+    """A config-only checkpoint folder: what preflight reads, without weights."""
+    folder = root / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    return folder
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail the test if anything starts loading weights."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded before the checkpoint was checked")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize(
+    "model_type", ["gpt2", "phi3", "olmo2", "falcon", "gpt_neox", "mixtral", "qwen3_moe"]
+)
+def test_unsupported_architecture_is_refused_by_name_before_weights_load(tmp_path, no_weights, model_type):
+    folder = _checkpoint_dir(tmp_path, model_type)
+    pattern = rf"model_type='{model_type}'.*supported: gemma"
+    with pytest.raises(ValueError, match=pattern):
+        checkpoints.preflight(str(folder))
+    with pytest.raises(ValueError, match=pattern):
+        checkpoints.load(str(folder))
+
+
+def test_supported_local_checkpoint_passes(tmp_path, no_weights):
+    folder = _checkpoint_dir(tmp_path, "qwen3")
+    assert checkpoints.preflight(str(folder), device="cpu") == str(folder)
+
+
+@pytest.mark.parametrize("name", ["/nonexistent/dir", "./no/such/dir", "~/no-such-checkpoint"])
+def test_missing_directory_is_refused(no_weights, name):
+    with pytest.raises(ValueError, match=rf"pretrained='{re.escape(name)}': no such directory"):
+        checkpoints.load(name)
+
+
+def test_missing_directory_below_an_existing_one_is_refused(tmp_path, monkeypatch, no_weights):
+    """``models/x`` with ``models/`` here is a path, not the HF repo ``models/x``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(ValueError, match="no such directory"):
+        checkpoints.preflight("models/x")
+
+
+def test_directory_without_config_or_gguf_is_refused(tmp_path, no_weights):
+    with pytest.raises(ValueError, match=r"holds no config\.json"):
+        checkpoints.preflight(str(tmp_path))
+    (tmp_path / "model.gguf").write_bytes(b"")  # a GGUF carries its config (gguf_file=...)
+    assert checkpoints.preflight(str(tmp_path)) == str(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["a/b/c", "has space", "owner/name!"])
+def test_name_that_is_no_alias_directory_or_repo_id_is_refused(name):
+    with pytest.raises(ValueError, match=r"neither an embedded alias.*owner/name"):
+        checkpoints.preflight(name)
+
+
+def test_hub_id_is_checked_from_its_config_alone(monkeypatch, no_weights):
+    """A repo id's config.json decides; one that cannot be fetched passes on to the usual error."""
+    from transformers import PretrainedConfig
+
+    def fetched(model_type):
+        return classmethod(lambda cls, name, **kw: ({"model_type": model_type}, {}))
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", fetched("mixtral"))
+    with pytest.raises(
+        ValueError, match=r"pretrained='mistralai/Mixtral-8x7B-v0\.1': .*model_type='mixtral'"
+    ):
+        checkpoints.preflight("mistralai/Mixtral-8x7B-v0.1")
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", fetched("llama"))
+    assert checkpoints.preflight("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
+
+    def offline(cls, name, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", classmethod(offline))
+    assert checkpoints.preflight("gpt2") == "gpt2"
+
+
+def test_unusable_device_is_refused_before_weights_load(tmp_path, no_weights):
+    import torch
+
+    folder = _checkpoint_dir(tmp_path, "llama")
+    with pytest.raises(ValueError, match="device='cpu:x' cannot be used here"):
+        checkpoints.preflight(str(folder), device="cpu:x")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' cannot be used here"):
+            checkpoints.load(str(folder), device="cuda")

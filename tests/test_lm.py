@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -77,6 +78,42 @@ def test_dense_matches_hf(task_manager):
         assert [s["resps"] for s in ours["samples"][task]] == [s["resps"] for s in hf["samples"][task]]
     stats = ours["config"]["ffnskip"]["stats"]
     assert stats["skipped"] == 0 and stats["tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pretrained": "/nonexistent/dir"}, "pretrained='/nonexistent/dir': no such directory"),
+        ({"device": "cuda"}, "device='cuda' cannot be used here"),
+        ({"pretrained": "CONFIG_ONLY"}, "gpt2"),
+    ],
+)
+def test_bad_model_or_device_fails_before_loading(kwargs, message, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
+    if kwargs.get("pretrained") == "CONFIG_ONLY":
+        (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+        kwargs = {"pretrained": str(tmp_path)}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        FFNSkipLM(**kwargs)
+
+
+def test_cli_refuses_bad_model_args_in_one_line(tmp_path):
+    """On lm-eval's command line a refused model_arg is one line and exit 2, not a traceback."""
+    cmd = ["lm_eval", "--model", "ffnskip", "--model_args", "pretrained=/nonexistent/dir", "--tasks",
+           "freebaseqa", "--use_cache", str(tmp_path / "cache")]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "FFNSKIP_DATA_DIR": DATA_DIR}
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("lm_eval --model ffnskip: --use_cache cannot be used")
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_request_cache_is_refused(task_manager, tmp_path):

@@ -3,7 +3,8 @@
 `resolve("smollm2-135m")` returns a local directory that `from_pretrained` loads in
 seconds. The first call dequantises the GGUF (about a minute) and caches fp32
 safetensors under ``$XDG_CACHE_HOME/lmeval-ffnskip/<alias>``; any other name is
-returned unchanged (an HF id or a local directory).
+returned unchanged (an HF id or a local directory). ``preflight`` checks a name, its
+architecture and the device before any weights load.
 """
 
 from __future__ import annotations
@@ -65,10 +66,67 @@ def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     """(model in eval mode on ``device``, tokenizer) of an embedded alias, HF id or local dir."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    where, kind = torch_device(device), torch_dtype(dtype)
-    path = resolve(pretrained)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=kind).to(where).eval()
+    kind = torch_dtype(dtype)
+    path = preflight(pretrained, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=kind).to(torch_device(device)).eval()
     return model, AutoTokenizer.from_pretrained(path)
+
+
+def preflight(pretrained: str, device: str | None = None) -> str:
+    """``resolve(pretrained)``, once ``pretrained`` and ``device`` are known to be usable.
+
+    Checked before any weights load, each failure a ValueError of one line naming the problem and
+    the fix: a directory that does not exist or holds no checkpoint, a name that is no embedded
+    alias, local directory nor HF repo id, an architecture the engine does not support
+    (``model_type`` of config.json, fetched alone for a repo id), a device this torch cannot use.
+    A repo id whose config.json cannot be fetched passes on to ``from_pretrained``'s own error.
+    """
+    from transformers import PretrainedConfig
+
+    from ..skip.adapters import check_model_type
+
+    if device is not None:
+        torch_device(device)
+    path = resolve(pretrained) if pretrained in EMBEDDED else _local_or_repo_id(pretrained)
+    try:
+        config, _ = PretrainedConfig.get_config_dict(path)  # reads config.json only ({} if absent)
+    except (OSError, ValueError):  # offline, gated, not on the Hub, not JSON
+        return path
+    if "model_type" in config:  # a config without one is matched by name in from_pretrained
+        try:
+            check_model_type(config["model_type"])
+        except NotImplementedError as err:
+            raise ValueError(f"pretrained={pretrained!r}: {err}") from None
+    return path
+
+
+def _local_or_repo_id(pretrained: str) -> str:
+    """``pretrained`` as an existing checkpoint directory (``~`` expanded) or an HF repo id."""
+    aliases = ", ".join(EMBEDDED)
+    local = os.path.expanduser(pretrained)
+    if os.path.isdir(local):
+        if not os.path.isfile(os.path.join(local, "config.json")) and not any(Path(local).glob("*.gguf")):
+            raise ValueError(
+                f"pretrained={pretrained!r} holds no config.json (nor a .gguf file); point it at "
+                "a checkpoint folder, as save_pretrained writes it"
+            )
+        return local
+    first = pretrained.split(os.sep, 1)[0]
+    if pretrained.startswith(("/", ".", "~")) or (os.sep in pretrained and os.path.isdir(first)):
+        raise ValueError(
+            f"pretrained={pretrained!r}: no such directory; point it at a folder holding config.json "
+            f"and the weights, or name an embedded alias ({aliases}) or an HF repo id (owner/name)"
+        )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(pretrained)
+    except HFValidationError:
+        raise ValueError(
+            f"pretrained={pretrained!r} is neither an embedded alias ({aliases}), a local "
+            "checkpoint directory nor a Hugging Face repo id (owner/name); use one of those"
+        ) from None
+    return pretrained
 
 
 def torch_device(name: str) -> Any:

@@ -20,7 +20,7 @@ from ..skip.engine import checked_generate, make_engine
 from ..skip.policy import SkipPolicy
 from ..skip.stats import COUNTERS, RowLedger, SkipStats
 from ..taskdata.conversation import converse, is_conversation
-from .checkpoints import DEFAULT_MODEL, resolve
+from .checkpoints import DEFAULT_MODEL, preflight
 from .stops import kept_lengths
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ CACHE_REFUSED = (
     "text alone, not by model_args, so a run would be handed answers another configuration "
     "computed. Drop --use_cache (an `ffnskip sweep` resumes finished cells, keyed by every setting)"
 )
+
+
+# lm-eval's default devices (CLI, HFLM): where CUDA is absent HFLM falls back to the CPU for
+# ``cuda:0``; the device that ran is recorded in ``config["ffnskip"]["device"]``
+LM_EVAL_DEFAULT_DEVICES = (None, "cuda:0")
 
 
 def valid_args() -> set[str]:
@@ -82,11 +87,12 @@ class FFNSkipLM(HFLM):
             given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
             profile = kwargs.pop("profile", None)
             self.policy = SkipPolicy.from_args(given)
+            device = kwargs.get("device")
+            if isinstance(pretrained, str):  # before any weights load
+                pretrained = preflight(pretrained, None if device in LM_EVAL_DEFAULT_DEVICES else device)
         except ValueError as err:
             _refuse(err)
-        if isinstance(pretrained, str):
-            pretrained = resolve(pretrained)
-        _cpu_ranks(kwargs.get("device"))
+        _cpu_ranks(device)
         super().__init__(pretrained=pretrained, **kwargs)
         self._split_over_processes()
         self.profile: str | None = None
@@ -231,6 +237,7 @@ class FFNSkipLM(HFLM):
             "notes": self.notes,
             # how the run was split: the requests each process's model computed
             "processes": {"world_size": self.world_size, "requests": self.requests},
+            "device": str(self.device),  # where it ran (lm-eval's default cuda:0 may mean the CPU)
         }
         return info
 

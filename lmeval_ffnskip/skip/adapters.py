@@ -33,16 +33,21 @@ class FFNSite:
     out_norm: nn.Module | None
 
 
-def ffn_sites(model: nn.Module) -> tuple[nn.Module, list[FFNSite]]:
-    """Return the decoder stack (the module that runs all layers) and its FFN sites."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+def check_model_type(model_type: str | None) -> None:
+    """NotImplementedError naming ``model_type`` and the supported ones unless it is one of them
+    (``ffn_sites`` asks the loaded model; ``checkpoints.preflight`` asks config.json first)."""
     if model_type not in ARCHITECTURES:
         raise NotImplementedError(
             f"FFN skipping does not support model_type={model_type!r}; supported: "
             f"{', '.join(sorted(ARCHITECTURES))}. Other dense decoder-only models need an entry "
             "in lmeval_ffnskip/skip/adapters.py:ARCHITECTURES."
         )
+
+
+def ffn_sites(model: nn.Module) -> tuple[nn.Module, list[FFNSite]]:
+    """Return the decoder stack (the module that runs all layers) and its FFN sites."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    check_model_type(model_type)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if layers is None:

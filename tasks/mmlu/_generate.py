@@ -1,8 +1,9 @@
 """Regenerate this folder's YAMLs from the installed lm-eval's ``mmlu/default`` configs.
 
 Same task, group and tag names, descriptions and prompts as lm-eval's ``mmlu``, so they replace
-the built-ins; only the data source differs (``utils.load`` reads the CSVs via the data
-directory instead of downloading ``cais/mmlu``). Run: ``python tasks/mmlu/_generate.py``.
+the built-ins (in offline data mode, ``FFNSKIP_DATA_DIR`` set); only the data source differs
+(``utils.load`` reads the CSVs via the data directory instead of downloading ``cais/mmlu``).
+Run: ``python tasks/mmlu/_generate.py``.
 """
 
 from __future__ import annotations
