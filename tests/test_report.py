@@ -211,6 +211,79 @@ def test_check_refuses_runs_of_another_limit(sweep_dir, tmp_path, capsys):
     assert "scored on 3 samples, the baseline on 50" in capsys.readouterr().err
 
 
+def _one_run(root: Path) -> Path:
+    """An lm-eval output folder of one dense run (model m, task t: acc 0.5 on 4 samples)."""
+    folder = root / "run-hf"
+    folder.mkdir(parents=True)
+    doc = {
+        "config": {"model": "hf", "model_args": "pretrained=m"},
+        "results": {"t": {"acc,none": 0.5}},
+        "n-samples": {"t": {"effective": 4}},
+    }
+    (folder / "results_2026-11-22T10-00-00.json").write_text(json.dumps(doc))
+    return root
+
+
+def _run0(change: callable) -> callable:
+    return lambda doc: change(doc["runs"][0])
+
+
+def _score(change: callable) -> callable:
+    return _run0(lambda run: change(run["scores"]["t"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (_run0(lambda run: run.pop("cell")), "runs[0] has no 'cell'"),
+        (
+            _score(lambda s: s.update(value="50")),
+            """runs[0] (m/dense), score 't' has 'value' = "50", not a number""",
+        ),
+        (_score(lambda s: s.pop("n")), "runs[0] (m/dense), score 't' has no 'n'"),
+        (
+            _score(lambda s: s.update(higher_is_better="yes")),
+            """runs[0] (m/dense), score 't' has 'higher_is_better' = "yes", not true or false""",
+        ),
+        (
+            _run0(lambda run: run.update(scores=["t"])),
+            """runs[0] (m/dense) has 'scores' = ["t"], not an object""",
+        ),
+        (
+            _run0(lambda run: run.update(skip_ratio="0")),
+            """runs[0] (m/dense) has 'skip_ratio' = "0", not a number or null""",
+        ),
+        (lambda doc: doc["runs"].__setitem__(0, "m/dense"), """runs[0] is "m/dense", not an object"""),
+        (
+            lambda doc: doc.update(runs={"m/dense": {}}),
+            """the document has 'runs' = {"m/dense": {}}, not a list""",
+        ),
+        (
+            lambda doc: doc.update(versions=["torch"]),
+            """the document has 'versions' = ["torch"], not an object or null""",
+        ),
+        (
+            lambda doc: doc["limits"].update(tolerence=2),
+            "limits has an unknown key 'tolerence' (known: per_task, skip_band, speedup_floor, tolerance)",
+        ),
+        (
+            lambda doc: doc["limits"].update(skip_band="0.02"),
+            """limits has 'skip_band' = "0.02", not a number""",
+        ),
+    ],
+)
+def test_check_names_the_broken_entry_of_a_baseline(tmp_path, capsys, change, problem):
+    results, base = _one_run(tmp_path / "out"), tmp_path / "baseline.json"
+    assert main(["baseline", str(results), "-o", str(base)]) == 0
+    assert main(["check", str(results), "--baseline", str(base)]) == 0
+    capsys.readouterr()
+    _edit(base, change)
+    assert main(["check", str(results), "--baseline", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ffnskip check: {base}: {problem}; ")
+    assert err.rstrip().endswith(f"re-record it with `ffnskip baseline RESULTS -o {base}`")
+
+
 def test_plain_lm_eval_output_folders(sweep_dir, tmp_path):
     """lm_eval --output_path layouts: runs named from their model_args, `--model hf` as dense."""
     for cell, model, args in (

@@ -9,6 +9,7 @@ speedup over dense may not fall below the floor. Exit codes: 0 pass, 1 regressio
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,45 @@ def baseline(runs: list[Run], limits: Limits, source: str) -> dict[str, Any]:
     }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+Kind = tuple[Callable[[Any], bool], str]  # a test of a value, and what it must be in words
+TEXT: Kind = (lambda v: isinstance(v, str), "a string")
+NUMBER: Kind = (_is_number, "a number")
+NUMBER_OR_NULL: Kind = (lambda v: v is None or _is_number(v), "a number or null")
+COUNT_OR_NULL: Kind = (
+    lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+    "an integer or null",
+)
+FLAG: Kind = (lambda v: isinstance(v, bool), "true or false")
+OBJECT: Kind = (lambda v: isinstance(v, dict), "an object")
+# the keys of each part of a baseline document and what their values must be; optional keys end in ?
+DOCUMENT = {
+    "runs": (lambda v: isinstance(v, list), "a list"),
+    "limits?": OBJECT,
+    "versions?": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+LIMITS = {
+    "tolerance?": NUMBER,
+    "per_task?": (
+        lambda v: v is None or (isinstance(v, dict) and all(map(_is_number, v.values()))),
+        "null or an object of task: points",
+    ),
+    "skip_band?": NUMBER,
+    "speedup_floor?": NUMBER,
+}
+RUN = {
+    "model": TEXT,
+    "cell": TEXT,
+    "skip_ratio": NUMBER_OR_NULL,
+    "speedup?": NUMBER_OR_NULL,
+    "scores": OBJECT,
+}
+SCORE = {"metric": TEXT, "value": NUMBER, "higher_is_better": FLAG, "n": COUNT_OR_NULL}
+
+
 def read_baseline(path: Path) -> dict[str, Any]:
     """Load and validate a baseline file (ResultsError names the file and the problem)."""
     try:
@@ -79,12 +119,57 @@ def read_baseline(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{path}: cannot read the baseline ({err.strerror or err})") from err
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}: the baseline is not valid JSON ({err})") from err
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("runs"), list):
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ResultsError(
             f"{path}: not an ffnskip baseline (expected format {FORMAT!r}); "
             "write one with `ffnskip baseline RESULTS -o BASELINE.json`"
         )
+    problem = _problem(doc)
+    if problem:
+        raise ResultsError(f"{path}: {problem}; re-record it with `ffnskip baseline RESULTS -o {path}`")
     return doc
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _entry_problem(entry: Any, keys: dict[str, Kind], closed: bool = False) -> str | None:
+    """What is wrong with one object of a baseline (``is ...``/``has ...``), or None; ``closed``:
+    no keys but ``keys``."""
+    if not isinstance(entry, dict):
+        return f"is {_shown(entry)}, not an object"
+    known = {k.rstrip("?") for k in keys}
+    unknown = sorted(set(entry) - known) if closed else []
+    if unknown:
+        return f"has an unknown key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+    for name, (ok, kind) in keys.items():
+        key = name.rstrip("?")
+        if key not in entry:
+            if key == name:
+                return f"has no {key!r}"
+        elif not ok(entry[key]):
+            return f"has {key!r} = {_shown(entry[key])}, not {kind}"
+    return None
+
+
+def _problem(doc: dict[str, Any]) -> str | None:
+    """The first broken part of a baseline document of the right format, or None."""
+    parts = [("the document", doc, DOCUMENT, False), ("limits", doc.get("limits", {}), LIMITS, True)]
+    for where, entry, keys, closed in parts:
+        if problem := _entry_problem(entry, keys, closed):
+            return f"{where} {problem}"
+    for i, run in enumerate(doc["runs"]):
+        where = f"runs[{i}]"
+        if isinstance(run, dict) and isinstance(run.get("model"), str) and isinstance(run.get("cell"), str):
+            where += f" ({run['model']}/{run['cell']})"
+        if problem := _entry_problem(run, RUN):
+            return f"{where} {problem}"
+        for task, score in run["scores"].items():
+            if problem := _entry_problem(score, SCORE):
+                return f"{where}, score {task!r} {problem}"
+    return None
 
 
 def compare(runs: list[Run], doc: dict[str, Any], limits: Limits) -> list[Check]:

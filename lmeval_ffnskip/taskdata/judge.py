@@ -6,20 +6,25 @@
 - ``vicuna80`` samples: the paper's pairwise review against the GPT-3.5 answers with the Vicuna
   reviewer prompts (general / coding / math). GPT-3.5 is assistant 1, the model assistant 2.
 
-Judgments are cached on disk (a rerun asks the endpoint only for what is missing), requests are
+Judgments are cached on disk per endpoint (a rerun asks only for what is missing), requests are
 retried with exponential back-off on rate limits, server errors and timeouts, and a judgment
-that cannot be parsed is recorded as ``unparseable``, never as a score.
+that cannot be parsed is recorded as ``unparseable``, never as a score. A refused request (bad
+key, model or URL) and an endpoint never reached stop the run at once. The API key and any
+credentials in the URL are redacted from every error, log line, reply and file.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
 import logging
 import re
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,16 +40,27 @@ log = logging.getLogger(__name__)
 NEED_REFERENCE = frozenset({"math", "reasoning", "coding"})  # MT-Bench categories graded with a reference
 VICUNA_REVIEWER = {"coding": 2, "math": 3}  # question category -> prompt_id; everything else 1
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+KEYED_HOSTS = frozenset({"api.openai.com"})  # hosts that answer nothing without an API key
 _NUM = r"(\d+(?:\.\d+)?)"
+_TOKEN = r"[\w\-.~+/]+=*"  # RFC 6750's token68: a bearer token, base64 user:password
+# credentials a server may echo back (besides our own, replaced wherever they appear): an
+# Authorization header's value (its scheme and token), a bearer token, the userinfo of a URL
+_LEAKS = (
+    (re.compile(rf"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:[a-z]+ +)?{_TOKEN}"), r"\1[redacted]"),
+    (re.compile(rf"\bBearer\s+{_TOKEN}"), "Bearer [redacted]"),  # as sent: "the bearer of" is prose
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/?#\s@\"']+@"), r"\1"),
+)
 
 
 class JudgeError(RuntimeError):
-    """The endpoint refused the request in a way a retry cannot fix (key, model name, URL)."""
+    """The endpoint cannot be used, and a retry would not change that: it refused the request (key,
+    model name, URL), was never reached, or needs a key that was not given."""
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """An OpenAI-compatible chat-completions endpoint and the sampling settings of the judge."""
+    """An OpenAI-compatible chat-completions endpoint and the sampling settings of the judge.
+    ``base_url`` may carry ``user:password@``: sent as basic auth when there is no API key."""
 
     base_url: str
     model: str
@@ -55,9 +71,48 @@ class Endpoint:
     backoff_s: float = 2.0
     timeout_s: float = 120.0
 
+    def __post_init__(self) -> None:
+        """ValueError for a URL that cannot be split (``http://[::1/``, a port that is no number)."""
+        _ = urllib.parse.urlsplit(self.base_url).port
+
+    @property
+    def url(self) -> str:
+        """``base_url`` without its credentials or a trailing slash: what is shown, written and keyed."""
+        parts = urllib.parse.urlsplit(self.base_url)
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
+
+    @property
+    def authorization(self) -> str | None:
+        """The Authorization header: the API key as a bearer token, else the URL's userinfo."""
+        if self.api_key:
+            return f"Bearer {self.api_key}"
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.username is None:
+            return None
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    @property
+    def needs_key(self) -> bool:
+        """True when the endpoint is a hosted API that answers nothing without credentials."""
+        return self.authorization is None and urllib.parse.urlsplit(self.base_url).hostname in KEYED_HOSTS
+
+    def redact(self, text: str) -> str:
+        """``text`` with this endpoint's secrets and any echoed credentials replaced by ``[redacted]``."""
+        password = urllib.parse.urlsplit(self.base_url).password
+        token = (self.authorization or "").partition(" ")[2]  # the API key, or user:password in base64
+        secrets = {self.api_key, token, password, password and urllib.parse.unquote(password)}
+        for pattern, replacement in _LEAKS:
+            text = pattern.sub(replacement, text)
+        for secret in sorted(filter(None, secrets), key=len, reverse=True):
+            text = text.replace(secret, "[redacted]")
+        return text
+
 
 class Judge:
-    """Cached, retried chat completions. ``calls`` counts the HTTP requests actually made."""
+    """Cached, retried chat completions. ``calls`` counts the HTTP requests actually made. Once
+    the endpoint refused a request for good, every later one fails with the same JudgeError."""
 
     def __init__(self, endpoint: Endpoint, cache: Path) -> None:
         self.endpoint = endpoint
@@ -65,6 +120,8 @@ class Judge:
         self.calls = 0
         self._lock = threading.Lock()
         self._cache: dict[str, str] = {}
+        self._reached = False  # the endpoint has answered once (an error status counts)
+        self._refused: JudgeError | None = None
         if cache.exists():
             for n, line in enumerate(cache.read_text(encoding="utf-8").splitlines(), 1):
                 try:
@@ -75,16 +132,22 @@ class Judge:
 
     def _key(self, system: str, user: str) -> str:
         e = self.endpoint
-        blob = json.dumps([e.model, e.temperature, e.max_tokens, system, user])
+        blob = json.dumps([e.url, e.model, e.temperature, e.max_tokens, system, user])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def ask(self, system: str, user: str) -> str:
-        """The judge's reply to one prompt, from the cache or the endpoint."""
+        """The judge's reply to one prompt (redacted), from the cache or the endpoint."""
         key = self._key(system, user)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        reply = self._post([{"role": "system", "content": system}, {"role": "user", "content": user}])
+            if self._refused is not None:
+                raise JudgeError(str(self._refused))
+        try:
+            reply = self._post([{"role": "system", "content": system}, {"role": "user", "content": user}])
+        except JudgeError as err:
+            self._refused = err
+            raise
         with self._lock:
             self._cache[key] = reply
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,9 +161,9 @@ class Judge:
             {"model": e.model, "messages": messages, "temperature": e.temperature, "max_tokens": e.max_tokens}
         ).encode()
         headers = {"Content-Type": "application/json"}
-        if e.api_key:
-            headers["Authorization"] = f"Bearer {e.api_key}"
-        url = e.base_url.rstrip("/") + "/chat/completions"
+        if e.authorization:
+            headers["Authorization"] = e.authorization
+        url = e.url + "/chat/completions"
         for attempt in range(e.retries + 1):
             with self._lock:
                 self.calls += 1
@@ -108,25 +171,45 @@ class Judge:
             try:
                 request = urllib.request.Request(url, body, headers)
                 with urllib.request.urlopen(request, timeout=e.timeout_s) as response:
-                    return json.loads(response.read())["choices"][0]["message"]["content"]
+                    self._reached = True
+                    return e.redact(_content(response.read()))
             except urllib.error.HTTPError as err:
+                self._reached = True
                 if err.code not in RETRYABLE:
-                    detail = err.read()[:300].decode(errors="replace")
                     raise JudgeError(
-                        f"{url} answered HTTP {err.code}: {detail}. Check --base-url, --judge-model "
-                        "and the API key variable (--api-key-env)."
+                        f"{url} answered HTTP {err.code}: {self._detail(err)}. Check --base-url, "
+                        "--judge-model and the API key variable (--api-key-env)."
                     ) from err
                 retry_after = err.headers.get("Retry-After", "")
                 wait = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else wait
                 problem = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                problem = str(err)
+            except urllib.error.URLError as err:
+                problem = e.redact(str(err.reason))
+                if not self._reached and not isinstance(err.reason, TimeoutError):
+                    raise JudgeError(
+                        f"cannot reach {url}: {problem}; start the server, or check --base-url"
+                    ) from err
+            except (TimeoutError, ConnectionError, http.client.HTTPException) as err:
+                problem = e.redact(str(err) or repr(err))
             except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-                problem = f"malformed response ({err!r})"
+                problem = f"malformed response ({e.redact(repr(err))})"
             if attempt < e.retries:
                 log.warning("judge: %s; retry %d/%d in %.1fs", problem, attempt + 1, e.retries, wait)
                 time.sleep(wait)
         raise ConnectionError(f"{url}: {problem} after {e.retries + 1} attempts")
+
+    def _detail(self, err: urllib.error.HTTPError) -> str:
+        """The first 300 characters of an error body, on one line, redacted before it is cut."""
+        text = err.read(65536).decode(errors="replace")
+        return " ".join(self.endpoint.redact(text).split())[:300]
+
+
+def _content(body: bytes) -> str:
+    """The reply text of a chat-completions response (KeyError, TypeError... when malformed)."""
+    content = json.loads(body)["choices"][0]["message"]["content"]
+    if not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}, not text")
+    return content
 
 
 def parse_rating(text: str) -> float | None:
