@@ -12,7 +12,7 @@ from typing import Any
 from .skip import LAYER_METHODS, METHODS
 
 _LAZY = {
-    "SkipPolicy": "skip.policy",
+    "SkipPolicy": "skip.settings",
     "SkipEngine": "skip.engine",
     "attach": "skip.engine",
     "SkipStats": "skip.stats",

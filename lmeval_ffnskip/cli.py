@@ -64,24 +64,27 @@ def bench_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows and environment here")
     args = parser.parse_args(argv)
 
-    from .instruments.bench import run_bench
+    from .harness.options import flag, numbers
+    from .instruments.bench import OPTIONS, check_options, run_bench
 
     try:
-        payload = run_bench(
-            pretrained=args.pretrained,
-            shape=args.shape,
-            thin=args.thin,
-            device=args.device,
-            dtype=args.dtype,
-            batch_sizes=[int(b) for b in args.batch_sizes.split(",")],
-            targets=[float(t) for t in args.targets.split(",")],
-            methods=args.methods.split(","),
-            threshold=args.threshold,
-            new_tokens=args.new_tokens,
-            reps=args.reps,
-            stat=args.stat,
-            lockstep=args.lockstep,
-        )
+        options = {
+            "pretrained": args.pretrained,
+            "shape": args.shape,
+            "thin": args.thin,
+            "device": args.device,
+            "dtype": args.dtype,
+            "batch_sizes": numbers("--batch-sizes", args.batch_sizes, OPTIONS["batch_sizes"]),
+            "targets": numbers("--targets", args.targets, OPTIONS["targets"]),
+            "methods": args.methods.split(","),
+            "threshold": args.threshold,
+            "new_tokens": args.new_tokens,
+            "reps": args.reps,
+            "stat": args.stat,
+            "lockstep": args.lockstep,
+        }
+        check_options(options, flag)  # named as typed, before anything loads
+        payload = run_bench(**options)
     except ValueError as err:
         print(f"ffnskip bench: {err}", file=sys.stderr)
         return 2
@@ -142,7 +145,11 @@ def judge_main(argv: list[str]) -> int:
     parser.add_argument(
         "samples", nargs="+", type=Path, help="samples_*.jsonl files or lm-eval output folders"
     )
-    parser.add_argument("--base-url", default="https://api.openai.com/v1", help="endpoint root (…/v1)")
+    parser.add_argument(
+        "--base-url",
+        default="https://api.openai.com/v1",
+        help="endpoint root (…/v1); user:password@ in it is sent as basic auth when there is no API key",
+    )
     parser.add_argument(
         "--judge-model", default="gpt-4", help="judge model name (default gpt-4, as MT-Bench)"
     )
@@ -152,12 +159,20 @@ def judge_main(argv: list[str]) -> int:
     parser.add_argument("--cache", type=Path, default=cache_root() / "judge_cache.jsonl")
     parser.add_argument("--json", type=Path, help="write every judgment and the summaries here")
     args = parser.parse_args(argv)
-    endpoint = judge.Endpoint(
-        args.base_url, args.judge_model, os.environ.get(args.api_key_env), retries=args.retries
-    )
+    key = os.environ.get(args.api_key_env) or None
+    try:
+        endpoint = judge.Endpoint(args.base_url, args.judge_model, key, retries=args.retries)
+    except ValueError as err:
+        parser.error(f"--base-url: {err}")  # not the URL itself: it may hold credentials
     client = judge.Judge(endpoint, args.cache)
     results = {}
     try:
+        if endpoint.needs_key:
+            raise judge.JudgeError(
+                f"{endpoint.url} needs an API key and {args.api_key_env} is unset or empty: set it (or "
+                "name another variable with --api-key-env), or pass --base-url of a local endpoint "
+                "that needs no key"
+            )
         for path in _samples_files(args.samples):
             samples = read_jsonl(path)
             task = judge.task_of(samples, path)
@@ -168,11 +183,11 @@ def judge_main(argv: list[str]) -> int:
                 "judgments": records,
             }
     except (ValueError, KeyError, FileNotFoundError, judge.JudgeError) as err:
-        print(f"ffnskip judge: {err}", file=sys.stderr)
+        print(f"ffnskip judge: {endpoint.redact(str(err))}", file=sys.stderr)
         return 2
     finally:
         if args.json and results:
-            payload = {"judge": {"base_url": args.base_url, "model": args.judge_model}, "results": results}
+            payload = {"judge": {"base_url": endpoint.url, "model": args.judge_model}, "results": results}
             args.json.write_text(json.dumps(payload, indent=2))
     print(
         f"{'task':<10}{'score':>7}{'gpt-3.5':>8}{'win/tie/loss':>13}{'ok':>5}{'unparsed':>9}{'error':>6}"
@@ -187,7 +202,7 @@ def judge_main(argv: list[str]) -> int:
             f"{r['task']:<10}{score:>7}{other:>8}{wtl:>13}{s['ok']:>5}{s['unparseable']:>9}{s['error']:>6}  "
             f"{path}"
         )
-    print(f"{client.calls} requests to {args.base_url}; cache {args.cache}")
+    print(f"{client.calls} requests to {endpoint.url}; cache {args.cache}")
     return 1 if any(r["summary"]["error"] for r in results.values()) else 0
 
 
@@ -199,6 +214,7 @@ def flops_main(argv: list[str]) -> int:
         "split into attention, FFN, LM head and other, for dense and for measured skip patterns.",
     )
     parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--context", type=int, default=512, help="positions the new token attends to")
     parser.add_argument("--targets", default="0.25,0.5", help="target_skip values to measure ('' for none)")
     parser.add_argument("--methods", default="ffnskip", help="methods run at each target (default ffnskip)")
@@ -210,18 +226,22 @@ def flops_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
-    from .instruments.flops import run_flops
+    from .harness.options import flag, numbers
+    from .instruments.flops import OPTIONS, check_options, run_flops
 
     try:
-        payload = run_flops(
-            pretrained=args.pretrained,
-            context=args.context,
-            targets=[float(t) for t in args.targets.split(",") if t],
-            methods=args.methods.split(","),
-            threshold=args.threshold,
-            new_tokens=args.new_tokens,
-            results=args.results,
-        )
+        options = {
+            "pretrained": args.pretrained,
+            "device": args.device,
+            "context": args.context,
+            "targets": numbers("--targets", args.targets, OPTIONS["targets"]),
+            "methods": args.methods.split(","),
+            "threshold": args.threshold,
+            "new_tokens": args.new_tokens,
+            "results": args.results,
+        }
+        check_options(options, flag)  # named as typed, before anything loads
+        payload = run_flops(**options)
     except ValueError as err:
         print(f"ffnskip flops: {err}", file=sys.stderr)
         return 2
@@ -243,7 +263,8 @@ def flops_main(argv: list[str]) -> int:
 
 def calibrate_main(argv: list[str]) -> int:
     """Per-layer similarity curve, cold regions, and ffnskip settings for a target skip ratio."""
-    from .harness.calibrate import Settings, run_calibrate
+    from .harness.calibrate import Settings, check_options, run_calibrate
+    from .harness.options import flag
 
     defaults = Settings()
     parser = argparse.ArgumentParser(
@@ -263,17 +284,18 @@ def calibrate_main(argv: list[str]) -> int:
     parser.add_argument("--tolerance", type=float, default=defaults.tolerance)
     parser.add_argument("--json", type=Path, help="write the profile here")
     args = parser.parse_args(argv)
+    options = {
+        "pretrained": args.pretrained,
+        "device": args.device,
+        "target": args.target,
+        "prompts": args.prompts,
+        "prompt_tokens": args.prompt_tokens,
+        "new_tokens": args.new_tokens,
+        "tolerance": args.tolerance,
+    }
     try:
-        profile = run_calibrate(
-            pretrained=args.pretrained,
-            device=args.device,
-            target=args.target,
-            prompts=args.prompts,
-            prompt_tokens=args.prompt_tokens,
-            new_tokens=args.new_tokens,
-            tolerance=args.tolerance,
-            log=lambda line: print(line, file=sys.stderr),
-        )
+        check_options(options, flag)  # named as typed, before anything loads
+        profile = run_calibrate(**options, log=lambda line: print(line, file=sys.stderr))
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip calibrate: {err}", file=sys.stderr)
         return 2
@@ -302,6 +324,7 @@ def fidelity_main(argv: list[str]) -> int:
         "continuations, for each method at each target skip ratio.",
     )
     parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default="ffnskip,static,random")
     parser.add_argument("--targets", default="0.1,0.25,0.4")
     parser.add_argument("--threshold", type=float, default=0.9, help="ffnskip threshold (default 0.9)")
@@ -314,21 +337,25 @@ def fidelity_main(argv: list[str]) -> int:
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args(argv)
 
-    from .instruments.fidelity import run_fidelity
+    from .harness.options import flag, numbers
+    from .instruments.fidelity import OPTIONS, check_options, run_fidelity
 
     try:
-        payload = run_fidelity(
-            pretrained=args.pretrained,
-            methods=args.methods.split(","),
-            targets=[float(t) for t in args.targets.split(",")],
-            threshold=args.threshold,
-            cold_start=args.cold_start,
-            cold_end=args.cold_end,
-            source=args.source,
-            sequences=args.sequences,
-            length=args.length,
-            warmup=args.warmup,
-        )
+        options = {
+            "pretrained": args.pretrained,
+            "device": args.device,
+            "methods": args.methods.split(","),
+            "targets": numbers("--targets", args.targets, OPTIONS["targets"]),
+            "threshold": args.threshold,
+            "cold_start": args.cold_start,
+            "cold_end": args.cold_end,
+            "source": args.source,
+            "sequences": args.sequences,
+            "length": args.length,
+            "warmup": args.warmup,
+        }
+        check_options(options, flag)  # named as typed, before anything loads
+        payload = run_fidelity(**options)
     except (FileNotFoundError, ValueError) as err:
         print(f"ffnskip fidelity: {err}", file=sys.stderr)
         return 2
@@ -351,7 +378,7 @@ def sweep_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="ffnskip sweep",
         description="lm-eval tasks x methods x skip ratios (x any model_arg grid), plus FLOPs and bench, "
-        "into one results directory; finished cells are not recomputed.",
+        "into one results directory; finished results made with the same settings are reused.",
     )
     parser.add_argument("config", type=Path, help=f"a sweep YAML, or a shipped one: {shipped}")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
@@ -362,7 +389,7 @@ def sweep_main(argv: list[str]) -> int:
         print(f"ffnskip sweep: {err}", file=sys.stderr)
         return 2
     try:
-        rows = run(cfg, args.out)
+        rows = run(cfg, args.out, log=lambda line: print(f"ffnskip sweep: {line}", file=sys.stderr))
     except ValueError as err:  # the config, checked whole before any cell runs
         print(f"ffnskip sweep: {args.config}: {err}", file=sys.stderr)
         return 2
@@ -386,14 +413,16 @@ def compare_main(argv: list[str]) -> int:
         description="Dense against the paper's rule, ours and a baseline at 25% on the embedded "
         "SmolLM2-135M (the shipped sweep `compare`, or --config): the achieved skip ratio, agreement "
         "with the dense model, teacher-forced top-1 / perplexity and decode speed beside its ideal, "
-        "printed and written as an HTML report. Finished cells are reused.",
+        "printed and written as an HTML report. Finished cells made with the same settings are reused.",
     )
     parser.add_argument("--out", type=Path, default=Path("out/compare"), help="results directory")
     parser.add_argument("--config", type=Path, default=Path("compare"), help="a sweep YAML or shipped name")
     args = parser.parse_args(argv)
     try:
         cfg = SweepConfig.load(args.config)
-        run(cfg, args.out, progress=False)
+        run(
+            cfg, args.out, progress=False, log=lambda line: print(f"ffnskip compare: {line}", file=sys.stderr)
+        )
     except (OSError, ValueError, TypeError) as err:
         print(f"ffnskip compare: {args.config}: {err}", file=sys.stderr)
         return 2

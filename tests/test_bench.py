@@ -17,7 +17,7 @@ from lmeval_ffnskip.instruments.bench import (
 )
 from lmeval_ffnskip.instruments.shapes import SHAPES, shape_config, thin
 from lmeval_ffnskip.skip.engine import attach, generate_fixed, generation_stats
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 def test_decode_speed_rows_and_ideal():
@@ -47,7 +47,8 @@ def test_decode_speed_rows_and_ideal():
     assert by["hf"]["vs_hf"] == 1.0
     # host reads: checks-only reads at every checked layer of every decoding step (one read for
     # both rows), nothing else reads but ffnskip until it fires
-    checked = len(SkipPolicy(threshold=1.0).layout(model.config.num_hidden_layers).checked)
+    checks_only = SkipPolicy(threshold=1.0)
+    checked = len(checks_only.rule(checks_only, checks_only.layout(model.config.num_hidden_layers)).checked)
     assert by["checks-only"]["reads_per_step"] == checked > 0
     for name in ("hf", "dense", "ffnskip-off", "skip-all", "static-0.5"):
         assert by[name]["reads_per_step"] == 0, name
@@ -207,3 +208,40 @@ def test_thin_shape_bench_end_to_end():
         run_bench(thin=True)
     with pytest.raises(ValueError, match="decide from the weights"):
         run_bench(shape="llama-2-7b", thin=True, methods=("spread",))
+
+
+def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading any model's weights fail the test."""
+    from transformers import AutoModelForCausalLM
+
+    from lmeval_ffnskip.harness import checkpoints
+    from lmeval_ffnskip.instruments import shapes
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(checkpoints, "load", refuse)
+    monkeypatch.setattr(shapes, "shape_model", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+BAD_FLAGS = {
+    ("--batch-sizes", "1,0"): "--batch-sizes='1,0' is invalid: it must be a list of integers >= 1, comma",
+    ("--batch-sizes", "x"): "--batch-sizes='x' is invalid: it must be a list of integers >= 1",
+    ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
+    ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
+    ("--reps", "0"): "--reps=0 is out of range: it must be an integer >= 1",
+    ("--threshold", "-2"): "--threshold=-2.0 is out of range: it must be a number >= -1",
+    ("--methods", "teleport"): "--methods=['teleport'] is invalid: it must be a list of names among ffnskip",
+    ("--shape", "llama-2-7b", "--reps", "-1"): "--reps=-1 is out of range",
+}
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS)
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
+    from lmeval_ffnskip.cli import main
+
+    _refuse_weights(monkeypatch)
+    assert main(["bench", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ffnskip bench: ") and BAD_FLAGS[flags] in err, err

@@ -13,7 +13,7 @@ from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.harness import calibrate as cal
 from lmeval_ffnskip.harness.lm import FFNSkipLM
 from lmeval_ffnskip.skip.engine import attach
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 SMALL = cal.Settings(prompts=4, prompt_tokens=32, new_tokens=24)
 
@@ -145,3 +145,33 @@ def test_calibrate_cli(tmp_path, monkeypatch, capsys):
 
 def _offline(*args: object, **kwargs: object) -> None:
     raise OSError("network unreachable")
+
+
+def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading any model's weights fail the test."""
+    from transformers import AutoModelForCausalLM
+
+    from lmeval_ffnskip.harness import checkpoints
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(checkpoints, "load", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+BAD_FLAGS = {
+    ("--target", "1.5"): "--target=1.5 is out of range: it must be a number in (0, 1)",
+    ("--prompts", "0"): "--prompts=0 is out of range: it must be an integer >= 1",
+    ("--prompt-tokens", "-4"): "--prompt-tokens=-4 is out of range: it must be an integer >= 1",
+    ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
+    ("--tolerance", "-0.5"): "--tolerance=-0.5 is out of range: it must be a number in [0, 1]",
+}
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS)
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
+    _refuse_weights(monkeypatch)
+    assert main(["calibrate", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ffnskip calibrate: ") and BAD_FLAGS[flags] in err, err

@@ -10,7 +10,7 @@ from transformers import DynamicCache
 from lmeval_ffnskip.skip.adapters import ffn_sites
 from lmeval_ffnskip.skip.engine import attach, to_host
 from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 def _ids(batch: int = 1, length: int = 20, seed: int = 1) -> torch.Tensor:
@@ -261,7 +261,7 @@ def test_a_rule_with_nothing_to_decide_leaves_the_layers_alone(policy):
     seen: list[object] = []
     with attach(model, policy) as engine:
         for site in engine.sites:
-            site.mlp.register_forward_pre_hook(lambda m, a: seen.append(engine._rule))
+            site.mlp.register_forward_pre_hook(lambda m, a: seen.append(engine._decisions))
         model.generate(_ids(2, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert seen and all(rule is None for rule in seen)
     assert engine.stats.eligible == 2 * 3 and engine.stats.skipped == engine.stats.host_syncs == 0

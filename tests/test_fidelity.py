@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from conftest import DATA_DIR, tiny_model
 
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.instruments.fidelity import continuations, measure
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 def test_dense_never_firing_and_skipping_rows():
@@ -44,3 +45,51 @@ def test_fidelity_cli_on_smollm2(tmp_path, monkeypatch, capsys):
     assert 0 < rows["random-0.25"]["top1_agreement"] < 1
     assert main([*args, "--length", "100000"]) == 2
     assert "lower --length" in capsys.readouterr().err
+
+
+def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading any model's weights fail the test."""
+    from transformers import AutoModelForCausalLM
+
+    from lmeval_ffnskip.harness import checkpoints
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(checkpoints, "load", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+BAD_FLAGS = {
+    ("--sequences", "0"): "--sequences=0 is out of range: it must be an integer >= 1",
+    ("--length", "1"): "--length=1 is out of range: it must be an integer >= 2",
+    ("--length", "16"): "--length=16 is out of range: it must exceed --warmup + 1 = 33",
+    ("--warmup", "-1"): "--warmup=-1 is out of range: it must be an integer >= 0",
+    ("--source", "continuations", "--warmup", "0", "--length", "8"): "--warmup=0 is out of range",
+    ("--cold-start", "-1"): "--cold-start=-1 is out of range: it must be an integer >= 0",
+    ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
+    ("--methods", "ffnskip,teleport"): "--methods=['ffnskip', 'teleport'] is invalid: it must be a list",
+}
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS)
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
+    _refuse_weights(monkeypatch)
+    assert main(["fidelity", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ffnskip fidelity: ") and BAD_FLAGS[flags] in err, err
+
+
+def test_run_fidelity_loads_on_its_device_and_feeds_the_model_there(monkeypatch):
+    from lmeval_ffnskip.harness import checkpoints
+    from lmeval_ffnskip.instruments import fidelity
+
+    model = tiny_model("llama", n_layers=4)
+    text, loads, fed = mock.MagicMock(), [], []
+    monkeypatch.setattr(checkpoints, "load", lambda *args: loads.append(args) or (model, None))
+    monkeypatch.setattr(fidelity, "wikitext_sequences", lambda tokenizer, count, length: text)
+    monkeypatch.setattr(fidelity, "measure", lambda model, ids, policies, warmup: fed.append(ids) or [])
+    payload = fidelity.run_fidelity(pretrained="tiny", device="cpu", methods=[], length=8, warmup=2)
+    assert loads == [("tiny", "cpu")] and payload["device"] == "cpu"
+    text.to.assert_called_once_with(model.device)  # the sequences go where the model is
+    assert fed == [text.to.return_value]

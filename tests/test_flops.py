@@ -15,7 +15,7 @@ from lmeval_ffnskip.instruments.flops import (
     results_frequency,
     skip_frequency,
 )
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -71,3 +71,34 @@ def test_cli_rows_and_bad_results(tmp_path, capsys):
     results.write_text("{broken")
     assert main(["flops", "--results", str(results)]) == 2
     assert str(results) in capsys.readouterr().err
+
+
+def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading any model's weights fail the test."""
+    from transformers import AutoModelForCausalLM
+
+    from lmeval_ffnskip.harness import checkpoints
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(checkpoints, "load", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+BAD_FLAGS = {
+    ("--context", "-1"): "--context=-1 is out of range: it must be an integer >= 2",
+    ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
+    ("--targets", "0.25,2"): "--targets='0.25,2' is invalid: it must be a list of numbers in [0, 1]",
+    ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
+    ("--threshold", "-3"): "--threshold=-3.0 is out of range: it must be a number >= -1",
+    ("--methods", "teleport"): "--methods=['teleport'] is invalid: it must be a list of names among ffnskip",
+}
+
+
+@pytest.mark.parametrize("flags", BAD_FLAGS)
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
+    _refuse_weights(monkeypatch)
+    assert main(["flops", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ffnskip flops: ") and BAD_FLAGS[flags] in err, err

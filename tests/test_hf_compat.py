@@ -18,8 +18,8 @@ import lmeval_ffnskip
 from lmeval_ffnskip.skip import hf_compat
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keyword, find_cache, output_cache
-from lmeval_ffnskip.skip.policy import SkipPolicy
 from lmeval_ffnskip.skip.provenance import versions
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 def test_cache_is_found_by_either_keyword_or_by_type():

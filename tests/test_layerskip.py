@@ -11,7 +11,7 @@ from test_engine import _ids
 
 from lmeval_ffnskip.skip import layerskip
 from lmeval_ffnskip.skip.engine import attach
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 N_LAYERS = 12
 

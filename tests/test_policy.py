@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import lmeval_ffnskip
-from lmeval_ffnskip.skip.policy import SkipPolicy, default_cold
+from lmeval_ffnskip.skip.layout import default_cold
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
 def test_every_exported_method_runs():
@@ -65,11 +66,15 @@ def test_layout_scales_cold_layers_and_checks_depth():
     assert SkipPolicy(method="random", target_skip=1.0).layout(30).k == 30
 
 
+def _eligible(policy: SkipPolicy, since: list[int], real: list[bool]) -> list[bool]:
+    return policy.rule(policy, policy.layout(12)).eligible(since, real)
+
+
 def test_eligibility_warmup_refresh_and_padding():
     since = list(range(-2, 10))
     real = [False] + [True] * 11
-    got = SkipPolicy(warmup=3, refresh_every=3).eligible(since, real)
+    got = _eligible(SkipPolicy(warmup=3, refresh_every=3), since, real)
     # since 3,4 eligible, 5 refresh (full), 6,7 eligible, 8 refresh, 9 eligible
     assert got == [False] * 5 + [True, True, False, True, True, False, True]
-    assert SkipPolicy(warmup=0).eligible(since, real) == [False, False] + [True] * 10  # the prompt never
-    assert not any(SkipPolicy(method="dense", warmup=0).eligible(since, real))
+    assert _eligible(SkipPolicy(warmup=0), since, real) == [False, False] + [True] * 10  # the prompt never
+    assert not any(_eligible(SkipPolicy(method="dense", warmup=0), since, real))

@@ -10,7 +10,7 @@ from lmeval_ffnskip.harness.checkpoints import resolve
 from lmeval_ffnskip.instruments.flops import analytic_decode_flops, decode_flops
 from lmeval_ffnskip.skip.engine import attach
 from lmeval_ffnskip.skip.hf_compat import cache_keyword
-from lmeval_ffnskip.skip.policy import SkipPolicy
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 TEXT = "The Eiffel Tower is a wrought-iron lattice tower in Paris, named after the engineer who built it."
 PROMPTS = [

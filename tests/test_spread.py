@@ -9,8 +9,8 @@ from test_engine import _count_ffn_rows, _ids
 
 from lmeval_ffnskip.harness.calibrate import similarities
 from lmeval_ffnskip.skip.engine import attach
-from lmeval_ffnskip.skip.policy import SkipPolicy
-from lmeval_ffnskip.skip.spread import _position_hash
+from lmeval_ffnskip.skip.rules.spread import _position_hash, groups
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 N_LAYERS = 12
 
@@ -35,7 +35,7 @@ def test_one_skip_per_group_of_the_tokens_cut_at_the_first_or_last_layer_by_leve
     seed = next(s for s in range(1000) if {_position_hash(s, p) % 9 for p in range(2, 10)} >= {0, 1})
     always = _policy(((-5.0, 0.1),) * N_LAYERS, seed=seed)  # every similarity reaches its level
     never = _policy(((5.0, 0.1),) * N_LAYERS, seed=seed)  # none does
-    assert always.layout(N_LAYERS).groups() == [[2, 3, 4], [5, 6, 7], [8, 9, 10]]
+    assert groups(always.layout(N_LAYERS)) == [[2, 3, 4], [5, 6, 7], [8, 9, 10]]
     # offset 1 rotates the groups by one layer: {3, 4, 5}, {6, 7, 8}, {9, 10, 2}
     expected = {"always": {0: [2, 5, 8], 1: [2, 4, 6]}, "never": {0: [4, 7, 10], 1: [5, 8, 10]}}
     for name, policy in (("always", always), ("never", never)):
@@ -63,7 +63,7 @@ def test_hot_layers_always_run_and_calibration_is_required():
     calibration = [(0.9, 0.01)] * N_LAYERS
     calibration[6] = (0.5, 0.01)  # far below the typical layer: hot
     layout = _policy(tuple(calibration)).layout(N_LAYERS)
-    assert layout.hot == (6,) and all(6 not in g for g in layout.groups())
+    assert layout.hot == (6,) and all(6 not in g for g in groups(layout))
     with pytest.raises(ValueError, match="profile=auto"):
         SkipPolicy(method="spread").layout(N_LAYERS)
     with pytest.raises(ValueError, match="can skip at most 8"):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
+import torch
+from conftest import DATA_DIR, tiny_model
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, cells
+from lmeval_ffnskip.harness import checkpoints
+from lmeval_ffnskip.instruments import sweep
+from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, cells, instruments, model_slug
+from lmeval_ffnskip.skip import provenance
 
 
 def test_config_cells_and_errors(tmp_path):
@@ -116,7 +121,7 @@ def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_p
             "methods": ["static"],
             "model_args": {"warmpu": 3},
         },
-        "cell static-1.5: target_skip=1.5 is out of range": {"methods": ["static"], "targets": [1.5]},
+        "targets=[1.5] is out of range: it must be a list of numbers in [0, 1]": {"targets": [1.5]},
         "bench: unknown options batch_size; valid: batch_sizes, dtype, ": {"bench": {"batch_size": [1]}},
         "cell ffnskip-0.9: target_skip=0.9 asks for 27 of 30 FFNs": {
             "methods": ["ffnskip"],
@@ -124,10 +129,196 @@ def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_p
         },
     }
     for message, change in bad.items():
-        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        with pytest.raises(ValueError, match=re.escape(message)):
             validate(dataclasses.replace(cfg, **change), manager)
     config.write_text(base + "tasks: [my_mc]\nmethods: [static]\n")
     assert main(["sweep", str(config), "--out", str(tmp_path / "out")]) == 0
     cell = json.loads((tmp_path / "out" / "smollm2-135m" / "static-0.25" / "results.json").read_text())
     assert cell["results"]["my_mc"]["acc,none"] in (0.0, 0.5, 1.0) and cell["versions"]["torch"]
     assert cell["config"]["ffnskip"]["stats"]["skipped"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random Llama with a character-level tokenizer, saved where ``pretrained=`` loads it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in map(chr, range(32, 127)) if c not in "`~"]  # 93 + 4 specials: the vocab of 97
+    vocab = {t: i for i, t in enumerate(["<pad>", "</s>", "<s>", "<unk>", *chars])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save_pretrained(path)
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, **specials).save_pretrained(path)
+    return str(path)
+
+
+TINY_SWEEP = """models: [{model}]
+tasks: [freebaseqa]
+methods: [ffnskip]
+targets: [0.25]
+gen_kwargs: max_gen_toks=6
+batch_size: 2
+fidelity: {{methods: [ffnskip], targets: [0.25], sequences: 2, length: 24, warmup: 8}}
+"""
+
+
+def _sweep(config: Path, out: Path, capsys: pytest.CaptureFixture) -> tuple[dict, list[str]]:
+    """Run ``ffnskip sweep``: its summary.json and its stderr lines about reruns."""
+    capsys.readouterr()
+    assert main(["sweep", str(config), "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ffnskip sweep:")]
+    return json.loads((out / "summary.json").read_text()), lines
+
+
+def test_a_resumed_sweep_reruns_what_other_settings_made(tiny, tmp_path, monkeypatch, capsys):
+    """Cells and per-model JSONs record what made them: an unchanged rerun runs nothing, changed
+    settings rerun exactly what they change (one line each naming the keys), and agreement follows
+    the dense cell it was measured against."""
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(provenance, "source_commit", lambda: "c0ffee")
+    config, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    base = TINY_SWEEP.format(model=tiny)
+    config.write_text(
+        base + "limit: 4\nmodel_args: {warmup: 4}\nflops: {context: 16, targets: [0.25], new_tokens: 4}\n"
+    )
+    summary, _ = _sweep(config, out, capsys)
+    assert summary["cells_run"] == 2
+    root = out / model_slug(tiny)
+    assert json.loads((root / "flops.json").read_text())["device"] == "cpu"
+    assert json.loads((root / "fidelity.json").read_text())["device"] == "cpu"
+    extras = {name: (root / f"{name}.json").stat().st_mtime_ns for name in ("flops", "fidelity")}
+
+    summary, lines = _sweep(config, out, capsys)  # unchanged: nothing reruns
+    assert summary["cells_run"] == 0 and lines == []
+    assert {name: (root / f"{name}.json").stat().st_mtime_ns for name in extras} == extras
+
+    config.write_text(
+        base + "limit: 2\nmodel_args: {warmup: 1, cold_start: 2}\n"
+        "flops: {context: 16, targets: [0.25], new_tokens: 5}\n"
+    )
+    summary, lines = _sweep(config, out, capsys)
+    assert summary["cells_run"] == 2 and len(lines) == 3, lines
+    for cell in ("dense", "ffnskip-0.25"):
+        (line,) = [line for line in lines if f" {cell} " in line]
+        assert "limit (4 -> 2)" in line and "model_args.warmup (4 -> 1)" in line
+        assert "model_args.cold_start (unset -> 2)" in line
+    (line,) = [line for line in lines if "flops.json" in line]
+    assert "new_tokens (4 -> 5)" in line
+    assert (root / "fidelity.json").stat().st_mtime_ns == extras["fidelity"]  # its settings held
+    assert json.loads((root / "flops.json").read_text())["sweep"]["options"]["new_tokens"] == 5
+    assert {r["freebaseqa/sample_len"] for r in summary["rows"]} == {2}
+    skipping = json.loads((root / "ffnskip-0.25" / "results.json").read_text())
+    assert skipping["config"]["ffnskip"]["policy"]["warmup"] == 1
+    assert skipping["config"]["ffnskip"]["policy"]["cold_start"] == 2
+    assert len(skipping["agreement"]["freebaseqa"]["samples"]) == 2
+    assert not list(root.glob("*.partial"))
+
+    # a dense cell run again (here: lost) makes every cell's agreement be measured again
+    skipping["agreement"]["freebaseqa"]["exact_match"] = -1.0
+    (root / "ffnskip-0.25" / "results.json").write_text(json.dumps(skipping))
+    shutil.rmtree(root / "dense")
+    summary, lines = _sweep(config, out, capsys)
+    assert summary["cells_run"] == 1 and lines == []
+    skipping = json.loads((root / "ffnskip-0.25" / "results.json").read_text())
+    dense = json.loads((root / "dense" / "results.json").read_text())
+    assert skipping["agreement"]["freebaseqa"]["exact_match"] >= 0
+    assert skipping["agreement_dense_run"] == dense["sweep_cell"]["run"]
+
+    # another commit reruns everything; a modified checkout's results are reused with a warning
+    monkeypatch.setattr(provenance, "source_commit", lambda: "c0ffee+modified")
+    summary, lines = _sweep(config, out, capsys)
+    assert summary["cells_run"] == 2 and len(lines) == 4
+    assert all('versions.lmeval-ffnskip commit ("c0ffee" -> "c0ffee+modified")' in line for line in lines)
+    summary, lines = _sweep(config, out, capsys)
+    assert summary["cells_run"] == 0 and len(lines) == 1
+    assert "reused 4 finished results of c0ffee+modified" in lines[0]
+
+
+class _Loaded(Exception):
+    """Raised where a model would load."""
+
+
+def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make loading any model's weights fail the test, and finding an embedded one (its first use
+    dequantises it)."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    for name in ("load", "resolve"):
+        monkeypatch.setattr(checkpoints, name, refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_every_instrument_of_a_sweep_loads_its_model_on_the_sweeps_device(tmp_path, monkeypatch):
+    """FLOPs, bench, calibration and fidelity all get the config's device and load the model there."""
+    devices = []
+
+    def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> None:
+        devices.append(device)
+        raise _Loaded
+
+    monkeypatch.setattr(checkpoints, "load", load)
+    cfg = SweepConfig(tasks=["freebaseqa"], device="cuda:3")
+    for name in instruments():
+        with pytest.raises(_Loaded):
+            sweep._extras(dataclasses.replace(cfg, **{name: {}}), "smollm2-135m", tmp_path, print)
+    assert devices == ["cuda:3"] * 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_flops_and_fidelity_run_on_the_device_they_are_given(tiny, monkeypatch):
+    from lmeval_ffnskip.instruments.fidelity import run_fidelity
+    from lmeval_ffnskip.instruments.flops import run_flops
+
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    flops = run_flops(pretrained=tiny, device="cuda", context=16, targets=[0.25], new_tokens=4)
+    assert flops["device"] == "cuda" and flops["rows"][1]["ffn"] < flops["rows"][0]["ffn"]
+    fidelity = run_fidelity(
+        pretrained=tiny, device="cuda", methods=["ffnskip"], targets=[0.25], sequences=2, length=24, warmup=8
+    )
+    assert fidelity["device"] == "cuda" and fidelity["rows"][0]["top1_agreement"] == 1.0
+    fidelity = run_fidelity(
+        pretrained=tiny, device="cuda", methods=["static"], targets=[0.25], source="continuations",
+        sequences=2, length=24, warmup=8,
+    )  # fmt: skip
+    assert fidelity["shape"] == [2, 24]
+
+
+BAD_CONFIGS = {  # each after `tasks: [freebaseqa]` unless it names tasks itself
+    "tasks: [freebaseqa\nlimit: 2": "is not valid YAML: expected ',' or ']', but got ':' at line 2, column 6",
+    "limit: -3": "limit=-3 is out of range: it must be a number > 0",
+    "limit: four": "limit='four' is invalid: it must be a number > 0",
+    "tasks: freebaseqa": "tasks='freebaseqa' is invalid: it must be a non-empty list of names",
+    "targets: 0.25": "targets=0.25 is invalid: it must be a list of numbers in [0, 1]",
+    "targets: [0.25, 1.5]": "targets=[0.25, 1.5] is out of range: it must be a list of numbers",
+    "batch_size: 0": "batch_size=0 is out of range: it must be an integer >= 1",
+    "model_args: [warmup]": "model_args=['warmup'] is invalid: it must be a mapping",
+    "model_args: {warmup: -1}": "cell dense: warmup=-1 is out of range: it must be >= 0",
+    "flops: {context: 1}": "flops.context=1 is out of range: it must be an integer >= 2",
+    "bench: {reps: 0}": "bench.reps=0 is out of range: it must be an integer >= 1",
+    "bench: {batch_sizes: [1, 0]}": "bench.batch_sizes=[1, 0] is out of range",
+    "bench: {new_tokens: 1}": "bench.new_tokens=1 is out of range: it must be an integer >= 2",
+    "bench: {methods: [teleport]}": "bench.methods=['teleport'] is invalid: it must be a list of names",
+    "calibrate: {prompts: 0}": "calibrate.prompts=0 is out of range",
+    "fidelity: {sequences: many}": "fidelity.sequences='many' is invalid",
+    "fidelity: {length: 20}": "fidelity.length=20 is out of range: it must exceed fidelity.warmup + 1",
+    "fidelity: 3": "fidelity=3 is invalid: it must be a mapping of its options",
+}
+
+
+@pytest.mark.parametrize("text", BAD_CONFIGS)
+def test_a_bad_config_exits_2_in_one_line_before_any_weights_load(text, tmp_path, monkeypatch, capsys):
+    _refuse_weights(monkeypatch)
+    config, out = tmp_path / "sweep.yaml", tmp_path / "out"
+    config.write_text(("" if text.startswith("tasks") else "tasks: [freebaseqa]\n") + text + "\n")
+    assert main(["sweep", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"ffnskip sweep: {config}: " in err and BAD_CONFIGS[text] in err, err
+    assert not out.exists()  # nothing started: no .partial folder either

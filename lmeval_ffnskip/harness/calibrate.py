@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,10 @@ from torch import nn
 
 from ..skip.adapters import ffn_sites
 from ..skip.engine import generate_fixed, generation_stats
-from ..skip.policy import SkipPolicy
 from ..skip.provenance import versions
+from ..skip.settings import SkipPolicy
 from ..taskdata.data import wikitext_articles
+from .options import Number, check_all
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
 THRESHOLDS = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))  # 0.5 .. 0.995
@@ -341,6 +342,22 @@ def with_calibration(policy: SkipPolicy, model: nn.Module, tokenizer: Any) -> Sk
     return policy
 
 
+# what ``run_calibrate`` accepts of its numbers (checked before the model loads)
+OPTIONS = {
+    "target": Number(float, 0, 1, open=True),
+    "prompts": Number(int, 1),
+    "prompt_tokens": Number(int, 1),
+    "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to measure
+    "tolerance": Number(float, 0, 1),
+}
+
+
+def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
+    """ValueError in one line for the first of ``run_calibrate``'s arguments ``values`` out of
+    range (``spell``: how its user names an option)."""
+    check_all(OPTIONS, values, spell)
+
+
 def run_calibrate(
     pretrained: str = "smollm2-135m",
     device: str = "cpu",
@@ -353,9 +370,8 @@ def run_calibrate(
 ) -> dict[str, Any]:
     """``ffnskip calibrate``: load ``pretrained`` and ``calibrate`` it for ``target`` (``log``
     gets a line per decoding run)."""
+    check_options(locals())  # the arguments, before anything loads
     from .checkpoints import load
 
-    if not 0 < target < 1:
-        raise ValueError(f"target={target} is out of range (0, 1)")
     model, tokenizer = load(pretrained, device)
     return calibrate(model, tokenizer, target, Settings(prompts, prompt_tokens, new_tokens, tolerance), log)

@@ -17,7 +17,7 @@ from lm_eval.models.huggingface import HFLM
 from ..skip import LAYER_METHODS
 from ..skip.adapters import ffn_sites
 from ..skip.engine import checked_generate, make_engine
-from ..skip.policy import SkipPolicy
+from ..skip.settings import SkipPolicy
 from ..skip.stats import COUNTERS, RowLedger, SkipStats
 from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, preflight

@@ -17,17 +17,19 @@ import itertools
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..harness.options import Number, Words, check_all
+from ..skip import LAYER_METHODS, METHODS
 from ..skip.engine import attach, generate_fixed, make_engine, spanning
 from ..skip.hf_compat import cache_keyword, output_cache
-from ..skip.policy import LAYER_METHODS, SkipPolicy
 from ..skip.provenance import versions
+from ..skip.settings import SkipPolicy
 
 PROMPTS = (
     "The history of the printing press begins",
@@ -379,6 +381,45 @@ def environment(model: nn.Module) -> dict[str, object]:
 
 # methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
 SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
+# what ``run_bench`` accepts of its numbers and names (checked before any model is built)
+OPTIONS = {
+    "batch_sizes": Number(int, 1, many=True),
+    "targets": Number(float, 0, 1, many=True),
+    "methods": Words(choices=METHODS),
+    "threshold": Number(float, -1),
+    "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to time
+    "reps": Number(int, 1),
+}
+
+
+def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
+    """ValueError in one line for the first of ``run_bench``'s arguments ``values`` that is out of
+    range (``spell``: how its user names an option), or a shape it cannot bench."""
+    from ..harness.checkpoints import torch_dtype
+
+    check_all(OPTIONS, values, spell)
+    if values.get("stat", "p50") not in SPEED_STATS:
+        stats = ", ".join(SPEED_STATS)
+        raise ValueError(f"{spell('stat')}={values['stat']!r} is unknown; choose one of {stats}")
+    torch_dtype(values.get("dtype", "float32"))
+    _check_shape(values.get("shape"), values.get("thin", False), values.get("methods", ()))
+
+
+def _check_shape(shape: str | None, thin: bool, methods: Sequence[str]) -> None:
+    """A shape model, where asked for, is a shipped one and its methods do not need real weights."""
+    from .shapes import SHAPES
+
+    if thin and shape is None:
+        raise ValueError("thin widths apply to a shape model: pass a shape (--shape) with --thin")
+    if shape is None:
+        return
+    if shape not in SHAPES:
+        raise ValueError(f"shape={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
+    if bad := sorted(set(methods) - set(SHAPE_METHODS)):
+        raise ValueError(
+            f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
+            f"use {', '.join(SHAPE_METHODS)}"
+        )
 
 
 def run_bench(
@@ -401,23 +442,15 @@ def run_bench(
     ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
     (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``).
     Returns ``{"environment": ..., "rows": [...]}``."""
+    check_options(locals())  # the arguments, before anything loads
     from tqdm import tqdm
 
     from ..harness.calibrate import with_calibration
     from ..harness.checkpoints import load, torch_device, torch_dtype
-    from .shapes import SHAPES, shape_model, token_batch
+    from .shapes import shape_model, token_batch
 
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
-    if thin and shape is None:
-        raise ValueError("thin widths apply to a shape model: pass a shape (--shape) with --thin")
     if shape is not None:
-        if shape not in SHAPES:
-            raise ValueError(f"shape={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
-        if bad := sorted(set(methods) - set(SHAPE_METHODS)):
-            raise ValueError(
-                f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
-                f"use {', '.join(SHAPE_METHODS)}"
-            )
         model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin)
         configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
 

@@ -11,7 +11,7 @@ check of ``ffnskip`` is two d-long dot products per checked layer, also uncounte
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,12 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from transformers import DynamicCache
 
+from ..harness.options import Number, Words, check_all
+from ..skip import LAYER_METHODS, METHODS
 from ..skip.adapters import ffn_sites
 from ..skip.engine import generation_stats
 from ..skip.hf_compat import cache_keyword
-from ..skip.policy import LAYER_METHODS, SkipPolicy
+from ..skip.settings import SkipPolicy
 
 CONVENTION = (
     "multiply-accumulates of matrix products (fvcore: one multiply-add = one flop); "
@@ -150,8 +152,25 @@ def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
     return frequency, info.get("policy", {}).get("method") in LAYER_METHODS
 
 
+# what ``run_flops`` accepts of its numbers and names (checked before the model loads)
+OPTIONS = {
+    "context": Number(int, 2),
+    "targets": Number(float, 0, 1, many=True),
+    "methods": Words(choices=METHODS),
+    "threshold": Number(float, -1),
+    "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to skip in
+}
+
+
+def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
+    """ValueError in one line for the first of ``run_flops``'s arguments ``values`` out of range
+    (``spell``: how its user names an option)."""
+    check_all(OPTIONS, values, spell)
+
+
 def run_flops(
     pretrained: str = "smollm2-135m",
+    device: str = "cpu",
     context: int = 512,
     targets: Sequence[float] = (0.25, 0.5),
     methods: Sequence[str] = ("ffnskip",),
@@ -160,7 +179,8 @@ def run_flops(
     results: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """``ffnskip flops``: one decoding step's FLOPs split by part, dense and for the skip pattern of
-    each method x target (a greedy generation) and of each lm-eval ``results`` file."""
+    each method x target (a greedy generation on ``device``) and of each lm-eval ``results`` file."""
+    check_options(locals())  # the arguments, before anything loads
     import json
 
     from ..harness.calibrate import with_calibration
@@ -174,7 +194,7 @@ def run_flops(
             patterns[source.name] = results_frequency(json.loads(source.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: {err}") from err
-    model, tokenizer = load(pretrained)
+    model, tokenizer = load(pretrained, device)
     dense = decode_flops(model, context)
     batch = prompt_batch(tokenizer, 1, model.device)
     for method in methods:
@@ -189,6 +209,7 @@ def run_flops(
     ]
     return {
         "model": pretrained,
+        "device": device,
         "context": context,
         "convention": CONVENTION,
         "analytic_dense_total": analytic_decode_flops(model.config, context),

@@ -1,7 +1,15 @@
-"""The skip mechanism: which token skips which FFN block (``policy.py``, ``spread.py``,
-``layerskip.py``), the engine that makes a stock HF decoder skip them (``engine.py``, ``adapters.py``,
-``hooks.py``), what it counted (``stats.py``), and the one place that reads transformers' calling
-conventions (``hf_compat.py``). Imports nothing from the rest of the package, nor lm-eval."""
+"""The skip mechanism. The settings (``settings.py``) and their resolution for a depth
+(``layout.py``) choose a rule by its method name; the rules follow one contract (``rule.py``),
+the built-ins one module each in ``rules/``, found through its registry (``rules/__init__.py``,
+which also finds rules outside the package). The engines make a stock HF decoder skip what a
+rule decides: FFN blocks (``engine.py``, filling ``rows.py``'s per-pass record; ``adapters.py``,
+``hooks.py``) or whole layers (``layerskip.py``); warm-up is counted in ``steps.py``, what was
+skipped in ``stats.py``. ``hf_compat.py`` is the one place that reads transformers' calling
+conventions; ``naming.py`` names configurations. Imports nothing from the rest of the package,
+nor lm-eval; this module and the registry stay import-light (the package's ``.pth`` hook imports
+them in every interpreter)."""
 
-METHODS: tuple[str, ...] = ("ffnskip", "spread", "dense", "random", "static", "shortgpt", "skipdecode")
-LAYER_METHODS: tuple[str, ...] = ("shortgpt", "skipdecode")  # whole layers skipped (layerskip.py)
+from .rules import BUILTINS, methods
+
+METHODS: tuple[str, ...] = methods()  # the built-ins, then installed entry points
+LAYER_METHODS: tuple[str, ...] = tuple(name for name, rule in BUILTINS.items() if rule.skips_layers)

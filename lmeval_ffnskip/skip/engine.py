@@ -3,10 +3,11 @@
 ``attach(model, policy)`` hooks the model in place and undoes it on exit:
 
 - a pre-hook on the decoder stack works out, per forward pass, which tokens are real,
-  their positions, and which are eligible (``policy.py``);
-- in the layers the method can touch (``LayerLayout.checked`` / ``skippable``; no other layer
-  is hooked), the FFN block's modules are wrapped: the input norm keeps the residual stream
-  ``h`` where similarity is measured; ``mlp`` gives rows that skip a zero output (so the
+  their positions, and which are eligible (the rule's ``eligible``), and asks the rule for the
+  pass's record of decisions (``begin``; the contract: ``rule.py``);
+- in the layers the rule can touch (its ``checked`` / ``skippable``; no other layer is hooked),
+  the FFN block's modules are wrapped: the input norm keeps the residual stream ``h`` where
+  similarity is measured; ``mlp`` gives rows that skip a zero output (so the
   layer's ``h + out`` is exactly ``h``) and never feeds them to the FFN, gathering the rows
   that run when only some do; when every row skips, the norms around the FFN do not run
   either. After the FFN, the similarity of ``h`` and ``h + out`` is measured for the tokens
@@ -30,34 +31,29 @@ from torch import nn
 
 from .adapters import FFNSite, ffn_sites
 from .hf_compat import IncompatibleTransformers, PassTokens
-from .hooks import Patches, attached_engine
+from .hooks import Engine, Patches, attached_engine
 from .layerskip import LayerSkipEngine
-from .policy import (
-    LAYER_METHODS,
-    RANDOM_METHODS,
-    RandomDraws,
-    SkipPolicy,
-    StepCounter,
-    TokenRule,
-    token_rule,
-)
-from .spread import SpreadRule
+from .rows import PassSkips
+from .rule import FFNRule
+from .settings import SkipPolicy
 from .stats import RowLedger, SkipStats, unskipped_rows
+from .steps import StepCounter
 
 
 class SkipEngine:
-    """Hooks, per-pass decisions and counters for one attached model."""
+    """Hooks, per-pass decisions and counters of an FFN rule for one attached model (an
+    ``hooks.Engine``)."""
 
     def __init__(self, model: nn.Module, policy: SkipPolicy, record: bool = False) -> None:
         self.policy = policy
         self.decoder, self.sites = ffn_sites(model)
         self.layout = policy.layout(len(self.sites))
+        self.rule: FFNRule = policy.rule(policy, self.layout)
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
         self.ledger: RowLedger | None = None  # per-row counts of a batched generation, while open
-        self._draws = RandomDraws(policy, self.layout) if policy.method in RANDOM_METHODS else None
-        self._pass: TokenRule | SpreadRule | None = None  # this pass's rule, for the counters
-        self._rule: TokenRule | SpreadRule | None = None  # the same, while it has decisions to make
+        self._pass: PassSkips | None = None  # this pass's decisions, for the counters
+        self._decisions: PassSkips | None = None  # the same, while there are decisions to make
         self._tokens: PassTokens | None = None
         self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
@@ -68,14 +64,14 @@ class SkipEngine:
 
     # -- install / remove -------------------------------------------------------------
     def install(self) -> None:
-        """Hook the model (in place): the decoder stack, and only the layers the method can touch."""
+        """Hook the model (in place): the decoder stack, and only the layers the rule can touch."""
         if any("forward" in vars(m) for site in self.sites for m in (site.mlp, site.in_norm)):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         patches = self._patches
         patches.own(self.decoder, self)
         patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         patches.hook(self.decoder.register_forward_hook(self._end))
-        checked, skippable = self.layout.checked, self.layout.skippable
+        checked, skippable = self.rule.checked, self.rule.skippable
         for site in self.sites:
             if site.index in checked or site.index in skippable:
                 patches.patch(site.in_norm, partial(self._ffn_input, site, site.in_norm.forward))
@@ -90,35 +86,37 @@ class SkipEngine:
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
-        eligible = self.policy.eligible(self.steps.since(tokens), tokens.real)
+        eligible = self.rule.eligible(self.steps.since(tokens), tokens.real)
         self._tokens = tokens
         # a pass with nothing eligible (prompt, warm-up), or whose rule can decide nothing
         # (threshold above 1, no budget), runs the stock layers straight through
-        self._pass = self._rule = None
+        self._pass = self._decisions = None
         if any(eligible):
-            self._pass = token_rule(self.policy, self.layout, eligible, tokens.pos, self._draws)
-            self._rule = None if self._pass.idle() else self._pass
+            self._pass = self.rule.begin(eligible, tokens.pos)
+            self._decisions = None if self._pass.idle() else self._pass
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
-        rule, self._pass, self._rule, self._h = self._pass, None, None, None
+        decisions, self._pass, self._decisions, self._h = self._pass, None, None, None
         tokens, stats = self._tokens, self.stats
         shape = (tokens.batch, tokens.length)
-        if rule is None:
+        if decisions is None:
             stats.add_tokens(sum(tokens.real), 0, 0, 0)
             if self.ledger is not None:
                 self.ledger.add(unskipped_rows(tokens.real, tokens.length))
             if self.history is not None:
                 self.history.append(torch.zeros(*shape, self.layout.n_layers, dtype=torch.bool))
             return
-        self._resolve(rule)
-        stats.add_tokens(sum(tokens.real), rule.n_eligible, sum(rule.skip_count), rule.never_fired())
+        self._resolve(decisions)
+        stats.add_tokens(
+            sum(tokens.real), decisions.n_eligible, sum(decisions.skip_count), decisions.never_fired()
+        )
         stats.passes += 1
-        stats.skipped_by_all += rule.skip_count.count(rule.n)
-        stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, rule.skip_count, strict=True)]
+        stats.skipped_by_all += decisions.skip_count.count(decisions.n)
+        stats.layer_skipped = [a + b for a, b in zip(stats.layer_skipped, decisions.skip_count, strict=True)]
         if self.ledger is not None:
-            self.ledger.add(rule.row_counts(tokens.length, tokens.real))
+            self.ledger.add(decisions.row_counts(tokens.length, tokens.real))
         if self.history is not None:
-            self.history.append(rule.mask().view(*shape, -1))
+            self.history.append(decisions.mask().view(*shape, -1))
 
     # -- per layer ----------------------------------------------------------------------
     def _ffn_input(
@@ -126,13 +124,13 @@ class SkipEngine:
     ) -> torch.Tensor:
         """The FFN's input norm: settle the queued decisions, enter the layer, keep ``h`` for the
         similarity check; when every row skips the block, return ``h`` without norming it."""
-        rule = self._rule
-        if rule is None:  # nothing eligible in this pass, or called outside a decoder pass
+        decisions = self._decisions
+        if decisions is None:  # nothing eligible in this pass, or called outside a decoder pass
             return forward(h)
         if self._pending is not None:
-            self._resolve(rule)
-        rule.enter(site.index)
-        if rule.skip_count[site.index] == rule.n:
+            self._resolve(decisions)
+        decisions.enter(site.index)
+        if decisions.skip_count[site.index] == decisions.n:
             return h  # the FFN will not read it
         self._h = h
         return forward(h)
@@ -140,22 +138,22 @@ class SkipEngine:
     def _ffn(
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     ) -> torch.Tensor:
-        rule = self._rule
-        if rule is None:
+        decisions = self._decisions
+        if decisions is None:
             return forward(x)
-        layer, n = site.index, rule.n
-        n_skip = rule.skip_count[layer]
+        layer, n = site.index, decisions.n
+        n_skip = decisions.skip_count[layer]
         if n_skip == 0:
             y = forward(x)
         elif n_skip == n:
             y = self._zeros(x)
         else:
             flat = x.reshape(n, -1)
-            keep = rule.kept(layer).to(x.device, non_blocking=True)
+            keep = decisions.kept(layer).to(x.device, non_blocking=True)
             out = forward(flat.index_select(0, keep))
             y = flat.new_zeros(n, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
-        if site.out_norm is None and rule.checks_at(layer):
-            self._measure(layer, rule, y)
+        if site.out_norm is None and decisions.checks_at(layer):
+            self._measure(layer, decisions, y)
         return y
 
     def _zeros(self, like: torch.Tensor) -> torch.Tensor:
@@ -177,25 +175,25 @@ class SkipEngine:
     ) -> torch.Tensor:
         """The FFN's output norm (Gemma): a block every row skips is zero and stays zero; the
         similarity is measured on the normed output, the block's contribution to ``h``."""
-        rule = self._rule
-        if rule is None:
+        decisions = self._decisions
+        if decisions is None:
             return forward(y)
-        if rule.skip_count[site.index] == rule.n:
+        if decisions.skip_count[site.index] == decisions.n:
             return y
         block = forward(y)
-        if rule.checks_at(site.index):
-            self._measure(site.index, rule, block)
+        if decisions.checks_at(site.index):
+            self._measure(site.index, decisions, block)
         return block
 
-    def _measure(self, layer: int, rule: TokenRule | SpreadRule, block: torch.Tensor) -> None:
+    def _measure(self, layer: int, decisions: PassSkips, block: torch.Tensor) -> None:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger, where
         ``block`` is what the FFN block adds to the residual stream ``h``.
 
         Two device ops (cat, bmm) and one small copy; the cosine and the threshold are
-        worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The rule's
+        worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The record's
         ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
-        n, rows = rule.n, rule.checking
+        n, rows = decisions.n, decisions.checking
         h = self._h
         if h.shape[1] != 1:  # [batch, length, d] -> one [1, d] slice per token (decoding has them)
             h, block = h.reshape(n, 1, -1), block.reshape(n, 1, -1)
@@ -208,7 +206,7 @@ class SkipEngine:
         gram, event = to_host(torch.bmm(pair, pair.mT))
         self._pending = (layer, rows, gram, event)  # measured() replaces, never mutates, checking
 
-    def _resolve(self, rule: TokenRule | SpreadRule) -> None:
+    def _resolve(self, decisions: PassSkips) -> None:
         """Apply the queued trigger decisions (the one host sync of a check)."""
         if self._pending is None:
             return
@@ -217,7 +215,7 @@ class SkipEngine:
         if event is not None:
             event.synchronize()
         self.stats.host_syncs += 1
-        rule.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
+        decisions.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
 
 
 def to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -304,17 +302,15 @@ def generation_stats(
     return engine.stats.summary()
 
 
-def make_engine(model: nn.Module, policy: SkipPolicy, record: bool = False) -> SkipEngine | LayerSkipEngine:
-    """The engine for ``policy``'s method (not yet installed): FFN skipping, or whole layers."""
-    if policy.method in LAYER_METHODS:
+def make_engine(model: nn.Module, policy: SkipPolicy, record: bool = False) -> Engine:
+    """The engine for ``policy``'s rule (not yet installed): FFN skipping, or whole layers."""
+    if policy.rule.skips_layers:
         return LayerSkipEngine(model, policy, record=record)
     return SkipEngine(model, policy, record=record)
 
 
 @contextmanager
-def attach(
-    model: nn.Module, policy: SkipPolicy, record: bool = False
-) -> Iterator[SkipEngine | LayerSkipEngine]:
+def attach(model: nn.Module, policy: SkipPolicy, record: bool = False) -> Iterator[Engine]:
     """Skip FFNs (or layers) in ``model`` inside the block; yields the engine (``.stats``, ``.history``)."""
     engine = make_engine(model, policy, record=record)
     engine.install()

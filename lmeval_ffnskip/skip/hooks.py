@@ -1,16 +1,44 @@
-"""Hooks and ``forward`` replacements put on a stock model by an engine, undone together."""
+"""What an engine is (``Engine``), and the hooks and ``forward`` replacements it puts on a stock
+model, undone together."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from .adapters import FFNSite
+    from .layout import LayerLayout
+    from .settings import SkipPolicy
+    from .stats import RowLedger, SkipStats
+    from .steps import StepCounter
+
 _OWNER = "_ffnskip_engine"  # the attribute that marks a decoder stack's attached engine
 
 
-def attached_engine(model: nn.Module) -> object | None:
+class Engine(Protocol):
+    """What drives a rule on one model (``engine.SkipEngine`` for FFN rules,
+    ``layerskip.LayerSkipEngine`` for layer rules), as ``attach`` hands it out."""
+
+    policy: SkipPolicy
+    layout: LayerLayout
+    sites: list[FFNSite]  # the decoder's layers, in order
+    stats: SkipStats
+    history: list[torch.Tensor] | None  # per pass, [batch, length, n_layers] skipped (record=True)
+    ledger: RowLedger | None  # per-row counts of a batched generation, while a caller keeps one
+    steps: StepCounter
+
+    def install(self) -> None:
+        """Hook the model in place."""
+
+    def remove(self) -> None:
+        """Undo ``install``."""
+
+
+def attached_engine(model: nn.Module) -> Engine | None:
     """The skip engine installed on ``model`` (a causal LM or its decoder stack), if any."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     return vars(decoder).get(_OWNER)
@@ -25,7 +53,7 @@ class Patches:
         self._patched: list[nn.Module] = []
         self._owned: list[nn.Module] = []
 
-    def own(self, decoder: nn.Module, engine: object) -> None:
+    def own(self, decoder: nn.Module, engine: Engine) -> None:
         """Mark ``decoder`` as driven by ``engine`` (see ``attached_engine``)."""
         if _OWNER in vars(decoder):
             raise RuntimeError("this model already has a skip engine attached; detach it first")

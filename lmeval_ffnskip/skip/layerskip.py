@@ -1,17 +1,8 @@
-"""The layer-skip baselines of the paper's Table 2: whole decoder layers (attention and FFN) skipped.
+"""The engine of the layer-skip rules (``rule.LayerRule``; the built-ins ``shortgpt`` and
+``skipdecode``, the baselines of the paper's Table 2): whole decoder layers, attention and FFN,
+skipped per token.
 
-- ``shortgpt`` (Men et al., 2024): the n layers with the lowest Block Influence,
-  BI_i = 1 - mean cos(x_i, x_i+1) of a layer's input and output over calibration text, are
-  dropped: they never run, for any token, prompt included, as in a pruned model.
-- ``skipdecode`` (Del Corro et al., 2023): one batch-wide schedule per decoding step. After
-  ``warmup`` steps, step t bypasses the s_t layers that follow the first ``cold_start`` ("warm-up
-  layers"), with s_t growing linearly from 0 to 2n over ``horizon`` steps (mean n) and staying
-  there; the top layers keep running. Because s_t never shrinks, a bypassed layer never runs
-  again, so no later token needs the KV it did not write and the cache is never recomputed
-  (SkipDecode's point). Prompt passes run in full; with ``skip_prompt`` (teacher forcing:
-  loglikelihood tasks, ``ffnskip fidelity``) a token's step is its position instead.
-
-n matches the compute ``target_skip`` of the FFNs would save: n = round(target_skip *
+A rule's n matches the compute ``target_skip`` of the FFNs would save: n = round(target_skip *
 n_layers * ffn_share), where ffn_share is the FFN's share of a layer's weight matrices (its share
 of a decoding step's matmul FLOPs). Layers whose cache HF reads to size attention masks (the
 first layer, the first full-attention and the first sliding-window layer) always run.
@@ -30,8 +21,11 @@ from torch import nn
 from .adapters import ffn_sites
 from .hf_compat import PassTokens
 from .hooks import Patches
-from .policy import LayerLayout, SkipPolicy, StepCounter
+from .layout import LayerLayout
+from .rule import LayerRule
+from .settings import SkipPolicy
 from .stats import RowCount, RowLedger, SkipStats
+from .steps import StepCounter
 
 
 def ffn_share(layer: nn.Module, mlp: nn.Module) -> float:
@@ -52,72 +46,42 @@ def mask_layers(config: object, n_layers: int) -> set[int]:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """Which layers a layer-skip method skips: ``order`` in the order they go, ``per_token`` (n)
-    the number skipped per eligible token (skipdecode: the mean over its first ``horizon`` steps),
-    ``ffn_share`` the FFN's share of a layer's weight matrices (a layer is 1 / ffn_share FFNs)."""
+    """Which layers a layer-skip rule skips: ``order`` in the order they go, ``ffn_share`` the
+    FFN's share of a layer's weight matrices (a layer is 1 / ffn_share FFNs)."""
 
-    method: str
-    per_token: int
     order: tuple[int, ...]
     ffn_share: float
 
-    def counts(self, since: torch.Tensor, policy: SkipPolicy) -> torch.Tensor:
-        """Layers skipped (the first ``counts`` of ``order``) by tokens ``since`` steps from where
-        warm-up counting starts (0: the first generated token, or position 0 with skip_prompt)."""
-        if self.method == "shortgpt":
-            return torch.full_like(since, len(self.order))
-        grown = (since - policy.warmup + 1).clamp(0, policy.horizon)
-        return torch.round(2 * self.per_token * grown / policy.horizon).long()
 
-
-def plan(model: nn.Module, policy: SkipPolicy) -> tuple[LayerLayout, LayerPlan]:
-    """The layout (cold layers, n as ``k``) and the layer plan of ``policy`` on ``model``."""
+def plan(model: nn.Module, policy: SkipPolicy) -> tuple[LayerRule, LayerPlan]:
+    """``policy``'s rule on ``model`` (its layout's ``k``: n, the layers skipped per token) and
+    the layer plan."""
     decoder, sites = ffn_sites(model)
     n_layers = len(sites)
     share = ffn_share(decoder.layers[0], sites[0].mlp)
-    layout = policy.layout(n_layers)
     n = round(policy.target_skip * n_layers * share)
-    layout = dataclasses.replace(layout, k=n)
-    protected = mask_layers(model.config, n_layers)
-    if policy.method == "shortgpt":
-        if policy.influence is None or len(policy.influence) != n_layers:
-            raise ValueError(
-                "method=shortgpt needs the Block Influence of each layer of this model on "
-                "calibration text: with --model ffnskip it is measured once and cached; from Python use "
-                "calibrate.with_calibration(policy, model, tokenizer)"
-            )
-        candidates = sorted(
-            (i for i in range(n_layers) if i not in protected), key=policy.influence.__getitem__
-        )
-        order, room = tuple(sorted(candidates[:n])), len(candidates)
-    else:
-        order = tuple(i for i in layout.mid if i not in protected)
-        room = len(order) // 2
-    if n > room:
-        where = (
-            f"of the layers other than {sorted(protected)} (they size the attention masks)"
-            if policy.method == "shortgpt"
-            else f"with cold_start={layout.cold_start}, cold_end={layout.cold_end} (2n must fit between)"
-        )
+    layout: LayerLayout = dataclasses.replace(policy.layout(n_layers), k=n)
+    rule = policy.rule(policy, layout, frozenset(mask_layers(model.config, n_layers)))
+    if n > rule.limit:
         raise ValueError(
             f"target_skip={policy.target_skip} matches {n} of {n_layers} whole layers per token "
-            f"(FFN share of a layer {share:.2f}), but method={policy.method} can skip at most {room} "
-            f"{where}; lower target_skip"
+            f"(FFN share of a layer {share:.2f}), but method={policy.method} can skip at most {rule.limit} "
+            f"{rule.where}; lower target_skip"
         )
-    return layout, LayerPlan(policy.method, n, order, share)
+    return rule, LayerPlan(rule.order, share)
 
 
 class LayerSkipEngine:
-    """Hooks for a layer-skip method: same interface as ``SkipEngine`` (``layout``, ``stats``,
-    ``history``, ``install``/``remove``). A layer every token of a pass skips returns its input
-    without running. Where only some tokens of a pass skip it (skipdecode with ``skip_prompt``:
-    teacher forcing), it runs and those tokens keep their input: exact (a token that runs a
-    layer only attends to earlier positions, and those ran it too), not faster."""
+    """Hooks for a layer-skip rule (an ``hooks.Engine``). A layer every token of a pass skips
+    returns its input without running. Where only some tokens of a pass skip it (skipdecode with
+    ``skip_prompt``: teacher forcing), it runs and those tokens keep their input: exact (a token
+    that runs a layer only attends to earlier positions, and those ran it too), not faster."""
 
     def __init__(self, model: nn.Module, policy: SkipPolicy, record: bool = False) -> None:
         self.policy = policy
         self.decoder, self.sites = ffn_sites(model)
-        self.layout, self.plan = plan(model, policy)
+        self.rule, self.plan = plan(model, policy)
+        self.layout = self.rule.layout
         self.stats = SkipStats(len(self.sites))
         self.history: list[torch.Tensor] | None = [] if record else None
         self.ledger: RowLedger | None = None  # per-row counts of a batched generation, while open
@@ -145,7 +109,7 @@ class LayerSkipEngine:
         shape = (tokens.batch, tokens.length)
         since = torch.tensor(self.steps.since(tokens)).view(shape)
         real = torch.tensor(tokens.real).view(shape)
-        counts = self.plan.counts(since, self.policy)
+        counts = self.rule.counts(since)
         top = int(counts[real].max()) if real.any() else 0
         counts = torch.where(real, counts, top)  # padding goes along with the most skipping token
         low = int(counts.min())
@@ -153,7 +117,7 @@ class LayerSkipEngine:
         self._skipped = frozenset(order[:low])
         device = next(self.decoder.parameters()).device
         self._partial = {order[r]: (counts > r)[..., None].to(device) for r in range(low, top)}
-        eligible = real if self.plan.method == "shortgpt" else real & (since >= self.policy.warmup)
+        eligible = self.rule.eligible(since, real)
         stats = self.stats
         stats.add_tokens(int(real.sum()), int(eligible.sum()), int(counts[real].sum()), 0)
         if self.ledger is not None:

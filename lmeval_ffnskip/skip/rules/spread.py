@@ -4,7 +4,7 @@ The paper's rule packs a token's k skips right after its trigger; on small model
 layer's similarity is high, so that degenerates into one contiguous block, which costs the most
 (docs/method.md, "method=spread"). ``spread`` instead, per eligible token:
 
-1. cuts the non-cold layers into k groups (``LayerLayout.groups``) and skips exactly one FFN
+1. cuts the non-cold layers into k groups (``groups``) and skips exactly one FFN
    per group, so the skips are spread over the depth;
 2. rotates the contiguous groups along the layers by an offset drawn from the token's position
    and ``seed`` (the last group wraps round), so tokens skip different layers: a cut shared by
@@ -14,21 +14,22 @@ layer's similarity is high, so that degenerates into one contiguous block, which
 4. never skips "hot" layers, whose calibrated mean lies far below the typical layer's.
 
 It needs ``SkipPolicy.calibration`` (per-layer mean and std, from ``ffnskip calibrate``).
+Its similarity checks start at the layer before the first non-cold one (which it can skip).
 Decisions use only the token's own earlier layers and its position, so a teacher-forced pass
 decides what token-by-token decoding decides, and batch rows decide alone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .rows import PassSkips
-
-if TYPE_CHECKING:
-    from .policy import LayerLayout, SkipPolicy
+from ..layout import LayerLayout
+from ..rows import PassSkips
+from ..rule import FFNRule
+from ..settings import SkipPolicy
 
 SPREAD_Z = 0.0  # a layer's similarity is high from its calibrated mean + SPREAD_Z std
 _MASK64 = (1 << 64) - 1
@@ -41,21 +42,59 @@ def hot_layers(mean: list[float], std: list[float]) -> list[int]:
     return [i for i, m in enumerate(mean) if m < level]
 
 
-class SpreadRule(PassSkips):
+def groups(layout: LayerLayout) -> list[list[int]]:
+    """The non-cold, non-hot layers cut into k contiguous groups of near-equal size."""
+    layers = [i for i in layout.mid if i not in layout.hot]
+    n, k = len(layers), layout.k
+    return [layers[(g * n) // k : ((g + 1) * n) // k] for g in range(k)]
+
+
+class Spread(FFNRule):
+    needs = frozenset({"levels"})
+
+    @classmethod
+    def resolve(cls, policy: SkipPolicy, layout: LayerLayout) -> LayerLayout:
+        """The hot layers of this model's calibration (``hot_layers``) among the non-cold ones."""
+        if policy.calibration is None or len(policy.calibration) != layout.n_layers:
+            raise ValueError(
+                "method=spread needs the per-layer similarity of a calibration of this model: "
+                "pass profile=auto (calibrate once, cached) or profile=PATH (ffnskip calibrate)"
+            )
+        mean, std = zip(*policy.calibration, strict=True)
+        hot = tuple(i for i in hot_layers(list(mean), list(std)) if i in layout.mid)
+        return dataclasses.replace(layout, hot=hot)
+
+    @classmethod
+    def limit(cls, layout: LayerLayout) -> int:
+        return len(layout.mid) - len(layout.hot)
+
+    @property
+    def checked(self) -> range:
+        mid = self.layout.mid
+        return range(max(mid.start - 1, 0), mid.stop - 1) if self.layout.k else range(0)
+
+    @property
+    def skippable(self) -> range:
+        return self.layout.mid
+
+    def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:
+        return SpreadPass(self.policy, self.layout, eligible, positions)
+
+
+class SpreadPass(PassSkips):
     """``spread``'s decisions for the N tokens of one forward pass, made layer by layer.
 
-    Same interface as ``TokenRule``. Each eligible row owes one skip to every group of its cut
-    (``SpreadCut``); at a layer of a group it still owes, it skips when the previous layer's
-    similarity reached that layer's calibrated level (``measured``), or when the layer is the
-    group's last. Rows are handled per cut and decisions kept as plain lists (the mask tensor is
-    built only when asked for), so the host work per layer is a few list operations per cut in
-    use (one at batch 1).
+    Each eligible row owes one skip to every group of its cut (``SpreadCut``); at a layer of a
+    group it still owes, it skips when the previous layer's similarity reached that layer's
+    calibrated level (``measured``), or when the layer is the group's last. Rows are handled per
+    cut and decisions kept as plain lists (the mask tensor is built only when asked for), so the
+    host work per layer is a few list operations per cut in use (one at batch 1).
     """
 
     def __init__(
         self, policy: SkipPolicy, layout: LayerLayout, eligible: list[bool], positions: list[int]
     ) -> None:
-        assert policy.calibration is not None  # checked by SkipPolicy.layout
+        assert policy.calibration is not None  # checked by Spread.resolve
         super().__init__(eligible, layout.n_layers)
         self.level, cuts = _spread_tables(layout, policy.calibration)
         by_cut: dict[int, list[int]] = {}
@@ -63,7 +102,6 @@ class SpreadRule(PassSkips):
             for row in self.rows:
                 by_cut.setdefault(_position_hash(policy.seed, positions[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
-        self.checking: list[int] = []
         self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
         self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
 
@@ -84,7 +122,7 @@ class SpreadRule(PassSkips):
         if skipping:
             if high:
                 self._fired.update(high)  # a high row that owed this layer's group skipped it
-            self._skip(layer, skipping)
+            self.skip(layer, skipping)
 
     def checks_at(self, layer: int) -> bool:
         return bool(self.checking)
@@ -94,11 +132,8 @@ class SpreadRule(PassSkips):
         level = self.level[layer]
         self._high = {row for row, cos in zip(rows, cosines, strict=True) if cos >= level}
 
-    def never_fired(self) -> int:
-        """Eligible tokens all of whose skips fell to a group's last layer."""
-        return sum(len(cut.rows) for cut in self._cuts) - len(self._fired)
-
     def never_rows(self) -> list[int]:
+        """Eligible rows all of whose skips fell to a group's last layer."""
         return [row for cut in self._cuts for row in cut.rows if row not in self._fired]
 
 
@@ -138,21 +173,21 @@ class _RowsOfCut:
 def _spread_tables(
     layout: LayerLayout, calibration: tuple[tuple[float, float], ...]
 ) -> tuple[tuple[float, ...], tuple[SpreadCut, ...]]:
-    """``spread``'s per-layer levels and its cuts: ``LayerLayout.groups()`` rotated by each
+    """``spread``'s per-layer levels and its cuts: ``groups(layout)`` rotated by each
     possible offset along the layers it skips (group members need not be contiguous once the
     last group wraps round). Worked out once per model and policy, read-only."""
     levels = tuple(mean + SPREAD_Z * std for mean, std in calibration)
-    groups = layout.groups()
-    layers = [layer for group in groups for layer in group]
-    base = [g for g, group in enumerate(groups) for _ in group]
+    cut = groups(layout)
+    layers = [layer for group in cut for layer in group]
+    base = [g for g, group in enumerate(cut) for _ in group]
     cuts, n = [], layout.n_layers
     for offset in range(len(layers)):
         group_of = {layer: base[(i - offset) % len(layers)] for i, layer in enumerate(layers)}
-        lasts = {g: max(layer for layer, h in group_of.items() if h == g) for g in range(len(groups))}
+        lasts = {g: max(layer for layer, h in group_of.items() if h == g) for g in range(len(cut))}
         where = [(group_of.get(layer, -1), lasts.get(group_of.get(layer, -1)) == layer) for layer in range(n)]
         choice = [g if g >= 0 and not last else -1 for g, last in where[1:]] + [-1]
         plan = tuple((g, last, c) for (g, last), c in zip(where, choice, strict=True))
-        cuts.append(SpreadCut(plan, len(groups)))
+        cuts.append(SpreadCut(plan, len(cut)))
     return levels, tuple(cuts)
 
 

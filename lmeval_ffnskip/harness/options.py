@@ -1,0 +1,98 @@
+"""Checks of user-given options, run before any weights load: a bad value raises ValueError with
+one line naming the option, the value and what is valid. The instruments, calibration, sweep
+configs and the CLI share them (each instrument declares its ``OPTIONS``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Number:
+    """A number (``kind`` int or float) in [low, high], or (low, high) when ``open``; ``many``: a
+    list of them; ``optional``: None is allowed too."""
+
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    open: bool = False
+    many: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        """What a valid value is, e.g. ``an integer >= 2``, ``a list of numbers in [0, 1]``."""
+        word = "integer" if self.kind is int else "number"
+        text = f"a list of {word}s" if self.many else f"{'an' if self.kind is int else 'a'} {word}"
+        if self.low is not None and self.high is not None:
+            left, right = "()" if self.open else "[]"
+            text += f" in {left}{self.low:g}, {self.high:g}{right}"
+        elif self.low is not None:
+            text += f" {'>' if self.open else '>='} {self.low:g}"
+        return text
+
+    def _typed(self, value: Any) -> bool:
+        """Whether ``value`` is one number of the kind (bools are not numbers here)."""
+        return not isinstance(value, bool) and isinstance(value, int if self.kind is int else int | float)
+
+    def _within(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.open else value >= self.low)
+        return above and (self.high is None or (value < self.high if self.open else value <= self.high))
+
+    def check(self, name: str, value: Any) -> None:
+        if value is None and self.optional:
+            return
+        listed = isinstance(value, list | tuple)
+        items = value if self.many and listed else [value]
+        if self.many != listed or not all(map(self._typed, items)):
+            raise ValueError(f"{name}={value!r} is invalid: it must be {self.describe()}")
+        if not all(map(self._within, items)):
+            raise ValueError(f"{name}={value!r} is out of range: it must be {self.describe()}")
+
+
+@dataclass(frozen=True)
+class Words:
+    """A list of non-empty strings, each one of ``choices`` when given (``empty``: the list may be
+    empty)."""
+
+    empty: bool = True
+    choices: tuple[str, ...] = ()
+
+    def check(self, name: str, value: Any) -> None:
+        names = isinstance(value, list | tuple) and all(isinstance(v, str) and v for v in value)
+        known = names and (not self.choices or set(value) <= set(self.choices))
+        if known and (value or self.empty):
+            return
+        what = f"{'a' if self.empty else 'a non-empty'} list of "
+        what += f"names among {', '.join(self.choices)}" if self.choices else "names"
+        raise ValueError(f"{name}={value!r} is invalid: it must be {what}")
+
+
+Rule = Number | Words
+
+
+def flag(name: str) -> str:
+    """The CLI flag of a keyword argument: ``new_tokens`` -> ``--new-tokens``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_all(
+    rules: Mapping[str, Rule], values: Mapping[str, Any], spell: Callable[[str], str] = str
+) -> None:
+    """Check every value that has a rule; ``spell`` names an option as its user wrote it."""
+    for name, rule in rules.items():
+        if name in values:
+            rule.check(spell(name), values[name])
+
+
+def numbers(option: str, text: str, rule: Number) -> list[Any]:
+    """A comma-separated CLI value (``"0.25,0.5"``; ``""``: none) as the list ``rule`` allows."""
+    try:
+        values = [rule.kind(item) for item in text.split(",") if item.strip()]
+        rule.check(option, values)
+    except ValueError:
+        raise ValueError(
+            f"{option}={text!r} is invalid: it must be {rule.describe()}, comma-separated"
+        ) from None
+    return values
