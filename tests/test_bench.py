@@ -232,7 +232,7 @@ BAD_FLAGS = {
     ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
     ("--reps", "0"): "--reps=0 is out of range: it must be an integer >= 1",
     ("--threshold", "-2"): "--threshold=-2.0 is out of range: it must be a number >= -1",
-    ("--methods", "teleport"): "--methods=['teleport'] is invalid: it must be a list of names among ffnskip",
+    ("--methods", "teleport"): "--methods: method='teleport' is unknown; choose one of ffnskip",
     ("--shape", "llama-2-7b", "--reps", "-1"): "--reps=-1 is out of range",
 }
 

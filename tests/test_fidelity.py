@@ -68,7 +68,7 @@ BAD_FLAGS = {
     ("--source", "continuations", "--warmup", "0", "--length", "8"): "--warmup=0 is out of range",
     ("--cold-start", "-1"): "--cold-start=-1 is out of range: it must be an integer >= 0",
     ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
-    ("--methods", "ffnskip,teleport"): "--methods=['ffnskip', 'teleport'] is invalid: it must be a list",
+    ("--methods", "ffnskip,teleport"): "--methods: method='teleport' is unknown; choose one of ffnskip",
 }
 
 

@@ -92,7 +92,7 @@ BAD_FLAGS = {
     ("--targets", "0.25,2"): "--targets='0.25,2' is invalid: it must be a list of numbers in [0, 1]",
     ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
     ("--threshold", "-3"): "--threshold=-3.0 is out of range: it must be a number >= -1",
-    ("--methods", "teleport"): "--methods=['teleport'] is invalid: it must be a list of names among ffnskip",
+    ("--methods", "teleport"): "--methods: method='teleport' is unknown; choose one of ffnskip",
 }
 
 

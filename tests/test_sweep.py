@@ -305,7 +305,7 @@ BAD_CONFIGS = {  # each after `tasks: [freebaseqa]` unless it names tasks itself
     "bench: {reps: 0}": "bench.reps=0 is out of range: it must be an integer >= 1",
     "bench: {batch_sizes: [1, 0]}": "bench.batch_sizes=[1, 0] is out of range",
     "bench: {new_tokens: 1}": "bench.new_tokens=1 is out of range: it must be an integer >= 2",
-    "bench: {methods: [teleport]}": "bench.methods=['teleport'] is invalid: it must be a list of names",
+    "bench: {methods: [teleport]}": "bench.methods: method='teleport' is unknown",
     "calibrate: {prompts: 0}": "calibrate.prompts=0 is out of range",
     "fidelity: {sequences: many}": "fidelity.sequences='many' is invalid",
     "fidelity: {length: 20}": "fidelity.length=20 is out of range: it must exceed fidelity.warmup + 1",

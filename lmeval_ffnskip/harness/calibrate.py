@@ -335,9 +335,9 @@ def cached_block_influence(
 def with_calibration(policy: SkipPolicy, model: nn.Module, tokenizer: Any) -> SkipPolicy:
     """``policy`` with what its method measures on calibration text filled in (cached per model):
     the per-layer similarity levels of ``spread``, the Block Influence of ``shortgpt``."""
-    if policy.method == "spread" and policy.calibration is None:
+    if "levels" in policy.rule.needs and policy.calibration is None:
         return replace(policy, calibration=cached_layer_calibration(model, tokenizer))
-    if policy.method == "shortgpt" and policy.influence is None:
+    if "influence" in policy.rule.needs and policy.influence is None:
         return replace(policy, influence=cached_block_influence(model, tokenizer))
     return policy
 

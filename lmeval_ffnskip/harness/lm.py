@@ -14,10 +14,10 @@ from typing import Any, NoReturn
 import torch
 from lm_eval.models.huggingface import HFLM
 
-from ..skip import LAYER_METHODS
 from ..skip.adapters import ffn_sites
 from ..skip.engine import checked_generate, make_engine
-from ..skip.settings import SkipPolicy
+from ..skip.rules import traits
+from ..skip.settings import SkipPolicy, setting_names
 from ..skip.stats import COUNTERS, RowLedger, SkipStats
 from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, preflight
@@ -25,10 +25,6 @@ from .stops import kept_lengths
 
 log = logging.getLogger(__name__)
 
-# model_args of the policy (what calibration measures is not set from the command line)
-POLICY_ARGS = tuple(
-    f.name for f in dataclasses.fields(SkipPolicy) if f.name not in ("calibration", "influence")
-)
 # from_pretrained keywords that HFLM forwards through **kwargs
 HF_LOAD_ARGS = (
     "attn_implementation",
@@ -56,18 +52,24 @@ CACHE_REFUSED = (
 LM_EVAL_DEFAULT_DEVICES = (None, "cuda:0")
 
 
-def valid_args() -> set[str]:
-    """Every model_arg ``--model ffnskip`` accepts."""
+def hf_args() -> set[str]:
+    """The model_args ``--model ffnskip`` hands to HFLM (and through it to ``from_pretrained``)."""
     params = inspect.signature(HFLM.__init__).parameters.values()
     named = {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY}
-    return (named - {"self"}) | set(POLICY_ARGS) | set(HF_LOAD_ARGS) | {"profile"}
+    return (named - {"self"}) | set(HF_LOAD_ARGS)
+
+
+def valid_args(method: str = "ffnskip") -> set[str]:
+    """Every model_arg ``--model ffnskip`` accepts with ``method`` (its rule may add settings)."""
+    return hf_args() | set(setting_names(method)) | {"profile"}
 
 
 class FFNSkipLM(HFLM):
-    """HFLM whose decoder skips FFN blocks per token (see ``policy.py``).
+    """HFLM whose decoder skips FFN blocks per token (the rules: ``skip/rule.py``, ``skip/rules/``).
 
     model_args: every ``HFLM`` argument, plus the ``SkipPolicy`` fields (method, threshold,
-    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed, horizon), and ``profile``
+    warmup, cold_start, cold_end, target_skip, refresh_every, skip_prompt, seed, horizon) and the
+    method's own settings (its rule's ``Options``), and ``profile``
     (a file from ``ffnskip calibrate``, or ``auto``: calibrate once, cached). ``method=spread``
     takes its per-layer levels from the profile, or from a cached calibration when none is given;
     ``method=shortgpt`` its Block Influence from a cached measurement.
@@ -76,15 +78,15 @@ class FFNSkipLM(HFLM):
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, **kwargs: Any) -> None:
         try:
-            if unknown := sorted(set(kwargs) - valid_args()):
-                hf_args = ", ".join(sorted(valid_args() - set(POLICY_ARGS)))
+            settings = setting_names(str(kwargs.get("method", "ffnskip")))
+            if unknown := sorted(set(kwargs) - valid_args(str(kwargs.get("method", "ffnskip")))):
                 raise ValueError(
                     f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
-                    f"{', '.join(POLICY_ARGS)}, and HFLM's: {hf_args}"
+                    f"{', '.join(settings)}, profile, and HFLM's: {', '.join(sorted(hf_args()))}"
                 )
             if _cli_uses_cache():
                 raise ValueError(CACHE_REFUSED)
-            given = {k: kwargs.pop(k) for k in POLICY_ARGS if k in kwargs}
+            given = {k: kwargs.pop(k) for k in settings if k in kwargs}
             profile = kwargs.pop("profile", None)
             self.policy = SkipPolicy.from_args(given)
             device = kwargs.get("device")
@@ -127,11 +129,14 @@ class FFNSkipLM(HFLM):
         calibrate once for ``target_skip``, cached per model). spread: its per-layer levels."""
         from .calibrate import PROFILE_KEYS, cached_profile, layer_calibration, read_profile
 
-        method = self.policy.method
-        if method not in ("ffnskip", "spread"):
-            raise ValueError(f"profile= calibrates ffnskip and spread; method={method} uses none")
+        method, needs = self.policy.method, self.policy.rule.needs
+        if not needs & {"profile", "levels"}:
+            raise ValueError(
+                f"profile= sets the threshold, cold layers and k (ffnskip) or per-layer levels "
+                f"(spread); method={method} uses none"
+            )
         fixed = {"target_skip"} if profile == "auto" else set()
-        if method == "ffnskip" and (clash := sorted(set(given) & set(PROFILE_KEYS) - fixed)):
+        if "levels" not in needs and (clash := sorted(set(given) & set(PROFILE_KEYS) - fixed)):
             raise ValueError(f"profile={profile} sets {', '.join(PROFILE_KEYS)}; drop {', '.join(clash)}")
         n_layers = len(ffn_sites(self.model)[1])
         path = (
@@ -140,7 +145,7 @@ class FFNSkipLM(HFLM):
             else profile
         )
         doc = read_profile(path, n_layers)
-        if method == "spread":
+        if "levels" in needs:
             self.policy = dataclasses.replace(self.policy, calibration=layer_calibration(doc))
         else:
             self.policy = dataclasses.replace(self.policy, **{k: doc["policy"][k] for k in PROFILE_KEYS})
@@ -156,7 +161,7 @@ class FFNSkipLM(HFLM):
         self.requests = [a + int(b) for a, b in zip(self.requests, counts[:, 0].tolist(), strict=True)]
         local = _from_counts(counts[:, 1:].sum(0).tolist(), local.n_layers)
         self.skip_stats.merge(local)
-        if self.policy.method != "dense" and local.tokens and not local.eligible:
+        if not self.policy.rule.reference and local.tokens and not local.eligible:
             if kind == "generate_until":
                 # a generation's passes were checked against the engine (checked_generate)
                 hint = f"every generation ended within warmup={self.policy.warmup} tokens"
@@ -231,7 +236,8 @@ class FFNSkipLM(HFLM):
             "profile": self.profile,
             "layout": dataclasses.asdict(self.engine.layout),
             # layer methods: the FFN's share of a layer's weights (a skipped layer = 1/share FFNs)
-            "ffn_share": self.engine.plan.ffn_share if self.policy.method in LAYER_METHODS else None,
+            "ffn_share": self.engine.plan.ffn_share if self.policy.rule.skips_layers else None,
+            "rule": traits(self.policy.method),  # what reports read without importing the rule
             "stats": stats,
             "skipped_anything": bool(stats["skipped"]),
             "notes": self.notes,

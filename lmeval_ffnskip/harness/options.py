@@ -69,7 +69,26 @@ class Words:
         raise ValueError(f"{name}={value!r} is invalid: it must be {what}")
 
 
-Rule = Number | Words
+@dataclass(frozen=True)
+class Methods:
+    """A list of skip methods: built-in names, installed entry points or ``package.module:Name``
+    (each resolved to its rule class, so one that does not import or is not a rule is named
+    before anything loads); ``empty``: the list may be empty."""
+
+    empty: bool = False
+
+    def check(self, name: str, value: Any) -> None:
+        from ..skip.rules import rule_class
+
+        Words(empty=self.empty).check(name, value)
+        for method in value:
+            try:
+                rule_class(method)
+            except ValueError as err:
+                raise ValueError(f"{name}: {err}") from None
+
+
+Rule = Number | Words | Methods
 
 
 def flag(name: str) -> str:

@@ -24,12 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..harness.options import Number, Words, check_all
-from ..skip import LAYER_METHODS, METHODS
+from ..harness.options import Methods, Number, check_all
 from ..skip.engine import attach, generate_fixed, make_engine, spanning
 from ..skip.hf_compat import cache_keyword, output_cache
+from ..skip.naming import DENSE, config_name
 from ..skip.provenance import versions
-from ..skip.settings import SkipPolicy
+from ..skip.rules import known_traits, rule_class
+from ..skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
 
 PROMPTS = (
     "The history of the printing press begins",
@@ -60,15 +61,15 @@ def default_configs(
     target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use)."""
     configs = [
         Config("hf", None),
-        Config("dense", SkipPolicy(method="dense")),
-        Config("ffnskip-off", SkipPolicy(threshold=2.0, warmup=0)),
+        Config(DENSE, SkipPolicy(method=DENSE)),
+        Config("ffnskip-off", SkipPolicy(threshold=NEVER, warmup=0)),
         # measures at every non-cold layer and never fires: the full cost of checks and host reads
-        Config("checks-only", SkipPolicy(threshold=1.0, warmup=0)),
+        Config("checks-only", SkipPolicy(threshold=CHECKS_ONLY, warmup=0)),
         Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
     ]
     configs += [
         Config(
-            f"{m}-{t:g}",
+            config_name(m, t),
             SkipPolicy(method=m, target_skip=t, warmup=0, threshold=threshold),
         )
         for m in methods
@@ -338,14 +339,14 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
     key = SPEED_STATS[stat]
     for bs in {r["batch_size"] for r in rows}:
         group = {r["config"]: r for r in rows if r["batch_size"] == bs}
-        t_dense = group["dense"][key]
+        t_dense = group[DENSE][key]
         t_ffn = t_dense - group["skip-all"][key]
         for row in group.values():
             row["speed_stat"] = stat
             row["speedup"] = t_dense / row[key]
             if "hf" in group:
                 row["vs_hf"] = group["hf"][key] / row[key]
-            if row.get("method") in LAYER_METHODS:  # whole layers: the FFN-time bound does not apply
+            if known_traits(row["method"])["skips_layers"]:  # whole layers: the FFN bound does not apply
                 row["ideal_speedup"] = row["share_of_ideal"] = None
                 continue
             row["ideal_speedup"] = t_dense / (t_dense - row["skip_ratio"] * t_ffn)
@@ -379,13 +380,11 @@ def environment(model: nn.Module) -> dict[str, object]:
     }
 
 
-# methods whose skip decisions do not depend on the weights' values (with ffnskip's trigger forced)
-SHAPE_METHODS = ("ffnskip", "static", "random", "skipdecode")
 # what ``run_bench`` accepts of its numbers and names (checked before any model is built)
 OPTIONS = {
     "batch_sizes": Number(int, 1, many=True),
     "targets": Number(float, 0, 1, many=True),
-    "methods": Words(choices=METHODS),
+    "methods": Methods(empty=True),
     "threshold": Number(float, -1),
     "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to time
     "reps": Number(int, 1),
@@ -415,10 +414,14 @@ def _check_shape(shape: str | None, thin: bool, methods: Sequence[str]) -> None:
         return
     if shape not in SHAPES:
         raise ValueError(f"shape={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
-    if bad := sorted(set(methods) - set(SHAPE_METHODS)):
+    # a shape's configurations force ffnskip's trigger (threshold ALWAYS); a rule that still
+    # decides from the weights' values would measure random weights
+    if bad := [
+        m for m in methods if rule_class(m).depends_on_weights(SkipPolicy(method=m, threshold=ALWAYS))
+    ]:
         raise ValueError(
             f"methods {','.join(bad)} decide from the weights, which shape models have at random; "
-            f"use {', '.join(SHAPE_METHODS)}"
+            "use methods whose decisions do not (ffnskip, static, random, skipdecode)"
         )
 
 
@@ -452,7 +455,7 @@ def run_bench(
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
     if shape is not None:
         model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin)
-        configs = default_configs(targets, -1.0, methods)  # threshold -1: ffnskip fires at its first check
+        configs = default_configs(targets, ALWAYS, methods)  # ffnskip fires at its first check
 
         def batch_of(size: int) -> dict:
             return token_batch(model.config.vocab_size, size, model.device)

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..harness.options import Number, Words, check_all
-from ..skip import METHODS
+from ..harness.options import Methods, Number, check_all
 from ..skip.engine import attach, generate_fixed
+from ..skip.naming import DENSE, config_name
 from ..skip.settings import SkipPolicy
 
 SOURCES = ("wikitext", "continuations")
@@ -65,7 +65,7 @@ def measure(
         agree = (logits.argmax(-1) == reference).float().mean()
         return Fidelity(name, float(agree), math.exp(float(nll)), ratio)
 
-    rows = [score("dense", dense, 0.0)]
+    rows = [score(DENSE, dense, 0.0)]
     for name, policy in policies.items():
         forced = dataclasses.replace(policy, skip_prompt=True, warmup=warmup, horizon=targets.shape[1])
         logits, ratio = _logits(model, sequences, forced)
@@ -93,7 +93,7 @@ def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tens
 
 # what ``run_fidelity`` accepts of its numbers and names (checked before the model loads)
 OPTIONS = {
-    "methods": Words(choices=METHODS),
+    "methods": Methods(empty=True),
     "targets": Number(float, 0, 1, many=True),
     "threshold": Number(float, -1),
     "cold_start": Number(int, 0, optional=True),
@@ -150,7 +150,7 @@ def run_fidelity(
         ids = continuations(model, prompts, length - warmup)
     common = {"threshold": threshold, "cold_start": cold_start, "cold_end": cold_end}
     policies = {
-        f"{m}-{float(t):g}": with_calibration(
+        config_name(m, float(t)): with_calibration(
             SkipPolicy(method=m, target_skip=float(t), **common), model, tokenizer
         )
         for m in methods

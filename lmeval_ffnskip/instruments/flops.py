@@ -22,11 +22,12 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from transformers import DynamicCache
 
-from ..harness.options import Number, Words, check_all
-from ..skip import LAYER_METHODS, METHODS
+from ..harness.options import Methods, Number, check_all
 from ..skip.adapters import ffn_sites
 from ..skip.engine import generation_stats
 from ..skip.hf_compat import cache_keyword
+from ..skip.naming import DENSE, config_name
+from ..skip.rules import known_traits, rule_class
 from ..skip.settings import SkipPolicy
 
 CONVENTION = (
@@ -149,14 +150,15 @@ def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
     frequency = info["stats"]["layer_skip_frequency"]
     if frequency is None:
         raise ValueError("no token of that run was eligible for skipping")
-    return frequency, info.get("policy", {}).get("method") in LAYER_METHODS
+    rule = info.get("rule") or known_traits(info.get("policy", {}).get("method", "ffnskip"))
+    return frequency, bool(rule["skips_layers"])
 
 
 # what ``run_flops`` accepts of its numbers and names (checked before the model loads)
 OPTIONS = {
     "context": Number(int, 2),
     "targets": Number(float, 0, 1, many=True),
-    "methods": Words(choices=METHODS),
+    "methods": Methods(empty=True),
     "threshold": Number(float, -1),
     "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to skip in
 }
@@ -202,8 +204,8 @@ def run_flops(
             policy = SkipPolicy(method=method, target_skip=target, threshold=threshold, warmup=0)
             policy = with_calibration(policy, model, tokenizer)
             frequency = skip_frequency(model, batch, policy, new_tokens)
-            patterns[f"{method}-{target:g}"] = (frequency, method in LAYER_METHODS)
-    rows = [{"config": "dense", "skip": 0.0, **dense.as_dict()}] + [
+            patterns[config_name(method, target)] = (frequency, rule_class(method).skips_layers)
+    rows = [{"config": DENSE, "skip": 0.0, **dense.as_dict()}] + [
         {"config": name, "skip": sum(f) / len(f), **dense.skipping(f, whole).as_dict()}
         for name, (f, whole) in patterns.items()
     ]

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..harness.options import Number, Words, check_all
+from ..harness.options import Methods, Number, Words, check_all
+from ..skip.naming import DENSE, config_name
 from ..taskdata.data import read_jsonl
 from ..taskdata.metrics import rouge
 
@@ -47,7 +48,7 @@ FILLED = ("pretrained", "device", "progress", "log")
 FIELDS = {
     "tasks": Words(empty=False),
     "models": Words(empty=False),
-    "methods": Words(),
+    "methods": Methods(empty=True),
     "targets": Number(float, 0, 1, many=True),
     "limit": Number(float, 0, open=True, optional=True),  # below 1: a fraction of each task
     "batch_size": Number(int, 1),  # or lm-eval's "auto"
@@ -177,8 +178,8 @@ def validate(cfg: SweepConfig, task_manager: Any) -> None:
     from transformers import AutoConfig
 
     from ..harness.checkpoints import resolve, torch_device
-    from ..harness.lm import POLICY_ARGS, valid_args
-    from ..skip.settings import SkipPolicy
+    from ..harness.lm import valid_args
+    from ..skip.settings import SkipPolicy, setting_names
 
     check_fields(dataclasses.asdict(cfg))
     torch_device(cfg.device)
@@ -190,18 +191,20 @@ def validate(cfg: SweepConfig, task_manager: Any) -> None:
             raise ValueError(f"tasks: {task!r} is not a task lm-eval knows{hint}")
     policies = {}
     for cell in cells(cfg):
-        if unknown := sorted(set(cell.model_args) - valid_args()):
-            valid = ", ".join(sorted(valid_args()))
-            raise ValueError(f"cell {cell.name}: unknown model_args {', '.join(unknown)}; valid: {valid}")
         try:
+            method = str(cell.model_args.get("method", "ffnskip"))
+            if unknown := sorted(set(cell.model_args) - valid_args(method)):
+                valid = ", ".join(sorted(valid_args(method)))
+                raise ValueError(f"unknown model_args {', '.join(unknown)}; valid: {valid}")
+            settings = setting_names(method)
             policies[cell.name] = SkipPolicy.from_args(
-                {k: v for k, v in cell.model_args.items() if k in POLICY_ARGS}
+                {k: v for k, v in cell.model_args.items() if k in settings}
             )
         except ValueError as err:
             raise ValueError(f"cell {cell.name}: {err}") from err
     depths = [AutoConfig.from_pretrained(resolve(m)).num_hidden_layers for m in cfg.models]
     for name, policy in policies.items():
-        if policy.method == "spread":  # spread's limits need the model's calibration
+        if "levels" in policy.rule.needs:  # its limits need the model's calibration
             continue
         try:
             for n_layers in depths:
@@ -218,11 +221,11 @@ class Cell:
 
 def cells(cfg: SweepConfig) -> list[Cell]:
     """The dense cell, then method x target x grid points, each with its full model_args."""
-    out = [Cell("dense", {**cfg.model_args, "method": "dense"})]
+    out = [Cell(DENSE, {**cfg.model_args, "method": DENSE})]
     keys = sorted(cfg.grid)
     for method, target, *point in itertools.product(cfg.methods, cfg.targets, *(cfg.grid[k] for k in keys)):
         extra = dict(zip(keys, point, strict=True))
-        name = "-".join([method, f"{target:g}", *(f"{k}{v}" for k, v in extra.items())])
+        name = "-".join([config_name(method, target), *(f"{k}{v}" for k, v in extra.items())])
         out.append(Cell(name, {**cfg.model_args, "method": method, "target_skip": target, **extra}))
     return out
 
@@ -420,13 +423,13 @@ def _rows(cfg: SweepConfig, model: str, root: Path) -> list[dict[str, Any]]:
     from ..harness.checkpoints import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(model))
-    dense_run = json.loads((root / "dense" / "results.json").read_text())["sweep_cell"]["run"]
+    dense_run = json.loads((root / DENSE / "results.json").read_text())["sweep_cell"]["run"]
     rows = []
     for cell in cells(cfg):
         path = root / cell.name / "results.json"
         results = json.loads(path.read_text())
-        if cell.name != "dense" and results.get("agreement_dense_run") != dense_run:
-            results["agreement"] = agreement(root / "dense", root / cell.name, tokenizer)
+        if cell.name != DENSE and results.get("agreement_dense_run") != dense_run:
+            results["agreement"] = agreement(root / DENSE, root / cell.name, tokenizer)
             results["agreement_dense_run"] = dense_run
             _write_json(path, results)
         rows.append(summary_row(model, cell, results))

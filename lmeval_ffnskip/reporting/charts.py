@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from html import escape
 
+from ..skip.naming import method_of
+
 Series = tuple[str, Sequence[tuple[float, float]]]
 PARTS = ("#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b")  # stacked parts of a bar (no method's colour)
 # one colour per method in every chart (a label "method-..." takes its method's); others hash
@@ -30,13 +32,14 @@ LEFT, RIGHT, TOP, BOTTOM = 60, 130, 20, 45
 
 
 def colour(label: str) -> str:
-    """The colour of a series: its method's (``static-0.25`` is ``static``'s), else a stable extra."""
+    """The colour of a series: its method's (``static-0.25`` is ``static``'s); a method without
+    one (a user's rule) gets a stable extra, the same for all its configurations."""
     if label in COLOURS:
         return COLOURS[label]
-    method = label.split("-")[0]
+    method = method_of(label)
     if method in COLOURS:
         return COLOURS[method]
-    return EXTRA[sum(map(ord, label)) % len(EXTRA)]
+    return EXTRA[sum(map(ord, method)) % len(EXTRA)]
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:

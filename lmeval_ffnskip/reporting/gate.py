@@ -203,7 +203,7 @@ def compare(runs: list[Run], doc: dict[str, Any], limits: Limits) -> list[Check]
             ok = ratio is not None and abs(ratio - base["skip_ratio"]) <= band + 1e-9
             checks.append(Check(*key, "achieved skip ratio", base["skip_ratio"], ratio, f"+-{band:g}", ok))
         speed = _speedup(run)
-        if base.get("speedup") is not None and speed is not None and run.method != "dense":
+        if base.get("speedup") is not None and speed is not None and not run.is_reference:
             floor = limits.speedup_floor
             checks.append(
                 Check(*key, "decode speedup", base["speedup"], speed, f">= {floor:g}", speed >= floor)

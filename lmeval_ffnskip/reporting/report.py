@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..skip import LAYER_METHODS
+from ..skip.naming import DENSE, config_name
 from . import charts as svg
 from .charts import Series
 from .results import Run, bench_row, fidelity_row, finite, flops_per_token
@@ -31,7 +31,7 @@ def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
 
 
 def _dense(runs: list[Run]) -> Run | None:
-    return next((r for r in runs if r.method == "dense"), None)
+    return next((r for r in runs if r.is_reference), None)
 
 
 def constant_zero(runs: list[Run]) -> list[str]:
@@ -101,7 +101,7 @@ def ffn_equivalent(run: Run) -> float:
     """The run's skip ratio in FFN blocks: a layer method's share of whole layers over the FFN's
     share of a layer's weights (the compute its target matches); runs that predate the recorded
     share stay at their share of layers."""
-    share = run.ffnskip.get("ffn_share") if run.method in LAYER_METHODS else None
+    share = run.ffnskip.get("ffn_share") if run.skips_layers else None
     return run.skip_ratio / share if share else run.skip_ratio
 
 
@@ -115,7 +115,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
         for task in tasks:
             series = []
             for method, members in itertools.groupby(
-                sorted((r for r in group if r.method != "dense"), key=lambda r: r.method),
+                sorted((r for r in group if not r.is_reference), key=lambda r: r.method),
                 key=lambda r: r.method,
             ):
                 pts = [(100 * ffn_equivalent(r), r.scores[task].value) for r in members
@@ -181,7 +181,7 @@ def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
         for target in sorted({r.target for r in skipping if r.target is not None}):
             members = [r for r in skipping if r.target == target]
             series = [(r.cell, list(enumerate(r.stats["layer_skip_frequency"]))) for r in members]
-            layout = next((r.ffnskip["layout"] for r in members if r.method == "ffnskip"), None)
+            layout = next((r.ffnskip["layout"] for r in members if r.threshold_trigger), None)
             shade = _cold(layout, layout["n_layers"]) if layout else ()
             title = f"{model}: per-layer FFN skip frequency at target {target:g}"
             charts.append(
@@ -197,7 +197,7 @@ def flops_tables(runs: list[Run]) -> list[dict[str, Any]]:
         flops = group[0].extras.get("flops")
         if not flops:
             continue
-        dense = next(r for r in flops["rows"] if r["config"] == "dense")["total"]
+        dense = next(r for r in flops["rows"] if r["config"] == DENSE)["total"]
         rows = [{**r, "saving": 1 - r["total"] / dense} for r in flops["rows"]]
         parts = [(p, [r[p] / 1e6 for r in rows]) for p in ("attention", "ffn", "lm_head", "other")]
         title = f"{model}: decode FLOPs per token by part (context {rows[0]['context']})"
@@ -226,14 +226,14 @@ def warmup_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Score against warm-up length (Figure 5), where runs differ in ``warmup`` only."""
     charts = []
     for model, group in _by_model(runs).items():
-        varied = [r for r in group if r.method != "dense" and "warmup" in r.model_args]
+        varied = [r for r in group if not r.is_reference and "warmup" in r.model_args]
         if len({int(r.model_args["warmup"]) for r in varied}) < 2:
             continue
         for task in sorted({t for r in varied for t in r.scores}):
             series: dict[str, list[tuple[float, float]]] = defaultdict(list)
             for r in varied:
                 if task in r.scores:
-                    series[f"{r.method}-{r.target:g}"].append(
+                    series[config_name(r.method, r.target)].append(
                         (float(r.model_args["warmup"]), r.scores[task].value)
                     )
             title = f"{model}: {task} vs warm-up tokens"
@@ -253,7 +253,7 @@ def worst_case(runs: list[Run]) -> list[dict[str, Any]]:
             "never": r.stats["never_reached_threshold"],
         }
         for r in runs
-        if r.method == "ffnskip" and r.stats.get("never_reached_threshold") is not None
+        if r.threshold_trigger and r.stats.get("never_reached_threshold") is not None
     ]
 
 
@@ -272,7 +272,7 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
         if dense is None:
             continue
         top = max((r.target for r in group if r.target is not None), default=None)
-        others = [r for r in group if r.target == top and r.method != "dense"]
+        others = [r for r in group if r.target == top and not r.is_reference]
         for task in sorted(dense.agreement or {t for r in others for t in r.agreement}):
             ref = {s["doc_id"]: s for s in dense.samples(task)}
             answers = {r.cell: {s["doc_id"]: s["filtered_resps"][0] for s in r.samples(task)} for r in others}

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..skip import LAYER_METHODS
+from ..skip.naming import DENSE, config_name
+from ..skip.rules import known_traits
 from ..taskdata.data import read_jsonl
 
 # metrics reported on their own scale (prefixes); every other metric is a 0-1 share
@@ -71,18 +72,38 @@ class Run:
     extras: dict[str, Any] = field(default_factory=dict)  # EXTRAS found beside the cell folder
 
     @property
+    def traits(self) -> dict[str, Any]:
+        """What the run's rule declares (``rules.traits``): as recorded in the results file, else
+        looked up by name (files from before the record)."""
+        return self.ffnskip.get("rule") or known_traits(self.method)
+
+    @property
+    def is_reference(self) -> bool:
+        """The run the others are compared with (dense)."""
+        return bool(self.traits["reference"])
+
+    @property
+    def skips_layers(self) -> bool:
+        return bool(self.traits["skips_layers"])
+
+    @property
+    def threshold_trigger(self) -> bool:
+        """Its rule waits for a similarity threshold (``never_reached_threshold`` is the worst case)."""
+        return bool(self.traits["threshold_trigger"])
+
+    @property
     def stats(self) -> dict[str, Any]:
         return self.ffnskip.get("stats", {})
 
     @property
     def config(self) -> str:
         """The bench / fidelity name of this run's configuration (``dense``, ``static-0.25``)."""
-        return "dense" if self.method == "dense" else f"{self.method}-{self.target:g}"
+        return self.method if self.is_reference else config_name(self.method, self.target)
 
     @property
     def skip_ratio(self) -> float | None:
         """Achieved share of FFN blocks skipped over eligible tokens (0 for dense runs)."""
-        return 0.0 if self.method == "dense" else self.stats.get("skip_ratio_eligible")
+        return 0.0 if self.is_reference else self.stats.get("skip_ratio_eligible")
 
     @property
     def folder(self) -> Path:
@@ -96,11 +117,11 @@ class Run:
 
 def cell_name(model_args: dict[str, Any]) -> str:
     """``ffnskip sweep``'s name for a configuration: ``dense`` or ``method-target[-argvalue...]``."""
-    method = model_args.get("method", "ffnskip")
-    if method == "dense":
-        return "dense"
+    method = str(model_args.get("method", "ffnskip"))
+    if known_traits(method)["reference"]:
+        return method
     extra = [f"{k}{v}" for k, v in sorted(model_args.items()) if k not in NAMED_ARGS]
-    return "-".join([method, f"{float(model_args.get('target_skip', 0.25)):g}", *extra])
+    return "-".join([config_name(method, float(model_args.get("target_skip", 0.25))), *extra])
 
 
 def _headline(task: str, results: dict[str, Any]) -> Score | None:
@@ -137,7 +158,7 @@ def load_run(path: Path) -> Run:
         raw_args = dict(kv.split("=", 1) for kv in raw_args.split(",") if "=" in kv)
     args = dict(raw_args)
     if config.get("model") != "ffnskip":
-        args["method"] = "dense"
+        args["method"] = DENSE
     args.setdefault("method", "ffnskip")
     cell = results.get("sweep_cell", {}).get("name") or cell_name(args)
     scores, metrics = {}, {}
@@ -153,14 +174,16 @@ def load_run(path: Path) -> Run:
     for task, agree in agreement.items():
         scores[f"{task}/agreement"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
     target = args.get("target_skip")
+    ffnskip = config.get("ffnskip") or {}
+    reference = (ffnskip.get("rule") or known_traits(str(args["method"])))["reference"]
     return Run(
         model=str(args.get("pretrained", "?")),
         cell=cell,
         method=str(args["method"]),
-        target=None if args["method"] == "dense" or target is None else float(target),
+        target=None if reference or target is None else float(target),
         path=path,
         model_args=args,
-        ffnskip=config.get("ffnskip") or {},
+        ffnskip=ffnskip,
         scores=scores,
         metrics=metrics,
         device=config.get("device"),
@@ -204,9 +227,7 @@ def load_runs(root: Path) -> list[Run]:
             extras[folder] = {name: _read_json(p) for name, p in found if p.exists()}
         run.extras = extras[folder]
         runs[(run.model, run.cell)] = run
-    return sorted(
-        runs.values(), key=lambda r: (r.model, r.method != "dense", r.method, r.target or 0, r.cell)
-    )
+    return sorted(runs.values(), key=lambda r: (r.model, not r.is_reference, r.method, r.target or 0, r.cell))
 
 
 def read_bench(path: Path) -> dict[str, Any]:
@@ -241,12 +262,12 @@ def flops_per_token(run: Run) -> float | None:
     flops = run.extras.get("flops")
     if not flops:
         return None
-    dense = next(r for r in flops["rows"] if r["config"] == "dense")
+    dense = next(r for r in flops["rows"] if r["config"] == DENSE)
     freq = run.stats.get("layer_skip_frequency")
-    if run.method == "dense" or not freq:
+    if run.is_reference or not freq:
         return float(dense["total"])
     saved = sum(f * c for f, c in zip(freq, dense["ffn_per_layer"], strict=True))
-    if run.method in LAYER_METHODS:  # attention too; older flops.json lack it (rerun ffnskip flops)
+    if run.skips_layers:  # attention too; older flops.json lack it (rerun ffnskip flops)
         if "attention_per_layer" not in dense:
             return None
         saved += sum(f * c for f, c in zip(freq, dense["attention_per_layer"], strict=True))

@@ -9,6 +9,10 @@ import re
 _TARGET = re.compile(r"-(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?(?=-|$)")
 
 
+# the configuration every other is compared with, in every JSON and sweep (``method=dense``)
+DENSE = "dense"
+
+
 def config_name(method: str, target: float) -> str:
     """``method`` at ``target_skip=target``."""
     return f"{method}-{target:g}"

@@ -78,6 +78,11 @@ class Rule(abc.ABC):
 
     skips_layers: ClassVar[bool]  # whole layers (LayerRule), or FFN blocks (FFNRule)
     needs: ClassVar[frozenset[Need]] = frozenset()
+    # the run every other is compared with (``dense``: skips nothing); reports and gates find it so
+    reference: ClassVar[bool] = False
+    # its decisions wait for cos(h, h + FFN) to reach ``threshold``: ``never_fired`` counts the
+    # eligible tokens it never did (the paper's worst case, its Table 6)
+    threshold_trigger: ClassVar[bool] = False
     Options: ClassVar[type | None] = None
 
     def __init__(self, policy: SkipPolicy, layout: LayerLayout) -> None:

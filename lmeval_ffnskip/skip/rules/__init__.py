@@ -17,6 +17,7 @@ import importlib
 import inspect
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 from ..rule import FFNRule, LayerRule, Rule
 
@@ -74,6 +75,29 @@ def rule_class(method: str) -> type[Rule]:
                 f"method={method!r}: entry point {point.value!r} does not load: {_first_line(err)}"
             ) from err
     return _checked(method, found)
+
+
+def traits(method: str) -> dict[str, Any]:
+    """What results files record of ``method``'s rule (``config["ffnskip"]["rule"]``), so that
+    reports and gates read it without importing the rule: where it lives and what it declares."""
+    rule = rule_class(method)
+    return {
+        "rule": f"{rule.__module__}:{rule.__qualname__}",
+        "skips_layers": rule.skips_layers,
+        "reference": rule.reference,
+        "threshold_trigger": rule.threshold_trigger,
+        "needs": sorted(rule.needs),
+    }
+
+
+def known_traits(method: str) -> dict[str, Any]:
+    """``traits`` of ``method``; for a rule this machine cannot import (results made elsewhere),
+    one that declares nothing: a method skipping FFN blocks."""
+    try:
+        return traits(method)
+    except ValueError:
+        declared = dict.fromkeys(("skips_layers", "reference", "threshold_trigger"), False)
+        return {**declared, "rule": None, "needs": []}
 
 
 def _load(method: str, module: str, name: str) -> object:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..device import DeviceForm
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -11,6 +12,8 @@ from ..settings import SkipPolicy
 
 
 class Dense(FFNRule):
+    reference = True
+
     @classmethod
     def depends_on_weights(cls, policy: SkipPolicy) -> bool:
         return False
@@ -32,3 +35,6 @@ class Dense(FFNRule):
 
     def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:
         return PassSkips(eligible, self.layout.n_layers)
+
+    def device(self) -> DeviceForm:
+        return DeviceForm(self)

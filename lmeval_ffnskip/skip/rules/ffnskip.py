@@ -17,6 +17,7 @@ from ..settings import ALWAYS, CHECKS_ONLY, SkipPolicy
 
 class FFNSkip(FFNRule):
     needs = frozenset({"profile"})
+    threshold_trigger = True
 
     @classmethod
     def depends_on_weights(cls, policy: SkipPolicy) -> bool:
