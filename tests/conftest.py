@@ -122,3 +122,30 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ.setdefault("FFNSKIP_DATA_DIR", DATA_DIR)
     assert main(["sweep", str(root / "sweep.yaml"), "--out", str(root / "out")]) == 0
     return root / "out"
+
+
+@pytest.fixture
+def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading any model's weights, or finding an embedded one (its first use dequantises it),
+    fails the test."""
+    from transformers import AutoModelForCausalLM
+
+    from lmeval_ffnskip.harness import checkpoints
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were loaded")
+
+    for name in ("load", "resolve"):
+        monkeypatch.setattr(checkpoints, name, refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def refused_in_one_line(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``ffnskip ARGV`` exits 2 with one stderr line, ``ffnskip <subcommand>: ...``, holding
+    ``expected``; returns the line."""
+    from lmeval_ffnskip.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ffnskip {argv[0]}: ") and expected in err, err
+    return err

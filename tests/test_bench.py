@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.harness.calibrate import similarities
 from lmeval_ffnskip.instruments.bench import (
@@ -210,21 +210,6 @@ def test_thin_shape_bench_end_to_end():
         run_bench(shape="llama-2-7b", thin=True, methods=("spread",))
 
 
-def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make loading any model's weights fail the test."""
-    from transformers import AutoModelForCausalLM
-
-    from lmeval_ffnskip.harness import checkpoints
-    from lmeval_ffnskip.instruments import shapes
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(checkpoints, "load", refuse)
-    monkeypatch.setattr(shapes, "shape_model", refuse)
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 BAD_FLAGS = {
     ("--batch-sizes", "1,0"): "--batch-sizes='1,0' is invalid: it must be a list of integers >= 1, comma",
     ("--batch-sizes", "x"): "--batch-sizes='x' is invalid: it must be a list of integers >= 1",
@@ -238,10 +223,5 @@ BAD_FLAGS = {
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS)
-def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
-    from lmeval_ffnskip.cli import main
-
-    _refuse_weights(monkeypatch)
-    assert main(["bench", *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ffnskip bench: ") and BAD_FLAGS[flags] in err, err
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights, capsys):
+    refused_in_one_line(["bench", *flags], BAD_FLAGS[flags], capsys)

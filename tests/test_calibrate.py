@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import DATA_DIR, tiny_model
+from conftest import DATA_DIR, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.harness import calibrate as cal
@@ -147,19 +147,6 @@ def _offline(*args: object, **kwargs: object) -> None:
     raise OSError("network unreachable")
 
 
-def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make loading any model's weights fail the test."""
-    from transformers import AutoModelForCausalLM
-
-    from lmeval_ffnskip.harness import checkpoints
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(checkpoints, "load", refuse)
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 BAD_FLAGS = {
     ("--target", "1.5"): "--target=1.5 is out of range: it must be a number in (0, 1)",
     ("--prompts", "0"): "--prompts=0 is out of range: it must be an integer >= 1",
@@ -170,8 +157,5 @@ BAD_FLAGS = {
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS)
-def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
-    _refuse_weights(monkeypatch)
-    assert main(["calibrate", *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ffnskip calibrate: ") and BAD_FLAGS[flags] in err, err
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights, capsys):
+    refused_in_one_line(["calibrate", *flags], BAD_FLAGS[flags], capsys)

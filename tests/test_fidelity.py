@@ -8,7 +8,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import DATA_DIR, tiny_model
+from conftest import DATA_DIR, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.instruments.fidelity import continuations, measure
@@ -47,19 +47,6 @@ def test_fidelity_cli_on_smollm2(tmp_path, monkeypatch, capsys):
     assert "lower --length" in capsys.readouterr().err
 
 
-def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make loading any model's weights fail the test."""
-    from transformers import AutoModelForCausalLM
-
-    from lmeval_ffnskip.harness import checkpoints
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(checkpoints, "load", refuse)
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 BAD_FLAGS = {
     ("--sequences", "0"): "--sequences=0 is out of range: it must be an integer >= 1",
     ("--length", "1"): "--length=1 is out of range: it must be an integer >= 2",
@@ -73,11 +60,8 @@ BAD_FLAGS = {
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS)
-def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
-    _refuse_weights(monkeypatch)
-    assert main(["fidelity", *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ffnskip fidelity: ") and BAD_FLAGS[flags] in err, err
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights, capsys):
+    refused_in_one_line(["fidelity", *flags], BAD_FLAGS[flags], capsys)
 
 
 def test_run_fidelity_loads_on_its_device_and_feeds_the_model_there(monkeypatch):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import ARCHS, tiny_model
+from conftest import ARCHS, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.instruments.flops import (
@@ -73,19 +73,6 @@ def test_cli_rows_and_bad_results(tmp_path, capsys):
     assert str(results) in capsys.readouterr().err
 
 
-def _refuse_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make loading any model's weights fail the test."""
-    from transformers import AutoModelForCausalLM
-
-    from lmeval_ffnskip.harness import checkpoints
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were loaded")
-
-    monkeypatch.setattr(checkpoints, "load", refuse)
-    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-
-
 BAD_FLAGS = {
     ("--context", "-1"): "--context=-1 is out of range: it must be an integer >= 2",
     ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
@@ -97,8 +84,5 @@ BAD_FLAGS = {
 
 
 @pytest.mark.parametrize("flags", BAD_FLAGS)
-def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, monkeypatch, capsys):
-    _refuse_weights(monkeypatch)
-    assert main(["flops", *flags]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ffnskip flops: ") and BAD_FLAGS[flags] in err, err
+def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights, capsys):
+    refused_in_one_line(["flops", *flags], BAD_FLAGS[flags], capsys)
