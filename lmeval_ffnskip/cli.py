@@ -61,6 +61,12 @@ def bench_main(argv: list[str]) -> int:
         help="decode all configurations in turns, pass by pass, instead of one generate each: times "
         "the forward passes alone, paired in time (steadier on a machine whose speed drifts)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="add the compiled path's rows (static KV cache, one compiled step per token, skipping "
+        "decided inside it; methods with a device form), each row with its path",
+    )
     parser.add_argument("--json", type=Path, help="write the rows and environment here")
     args = parser.parse_args(argv)
 
@@ -82,6 +88,7 @@ def bench_main(argv: list[str]) -> int:
             "reps": args.reps,
             "stat": args.stat,
             "lockstep": args.lockstep,
+            "compile": args.compile,
         }
         check_options(options, flag)  # named as typed, before anything loads
         payload = run_bench(**options)
@@ -91,7 +98,8 @@ def bench_main(argv: list[str]) -> int:
     env, rows = payload["environment"], payload["rows"]
     print(json.dumps(env))
     print(
-        f"{'config':<14}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'config':<14}{'path':>9}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}"
+        f"{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'peak MB':>8}{'skip':>7}{'by all':>7}{'reads':>7}"
         f"{'vs hf':>7}{'speedup':>8}{'ideal':>7}{'of ideal':>9}"
     )
@@ -100,7 +108,7 @@ def bench_main(argv: list[str]) -> int:
         ideal = "" if r["ideal_speedup"] is None else f"{r['ideal_speedup']:.3f}"
         peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
         print(
-            f"{r['config']:<14}{r['batch_size']:>6}{r['prefill_tokens_per_s']:>10.0f}{r['tokens_per_s']:>9.2f}"
+            f"{r['config']:<14}{r['path']:>9}{r['batch_size']:>6}{r['prefill_tokens_per_s']:>10.0f}{r['tokens_per_s']:>9.2f}"
             f"{r['latency_ms_p10']:>8.2f}{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}{peak:>8}"
             f"{r['skip_ratio']:>7.1%}{r['skip_ratio_pass']:>7.1%}{r['reads_per_step']:>7.2f}"
             f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{ideal:>7}{share:>9}"

@@ -274,6 +274,7 @@ def decode_speed(
     new_tokens: int = 128,
     reps: int = 3,
     lockstep: bool = False,
+    compiled: bool = False,
 ) -> list[dict[str, object]]:
     """Prefill and decode speed, per-token latency and peak memory of each configuration.
 
@@ -283,12 +284,21 @@ def decode_speed(
     instead of biasing one. Figures are medians over repetitions; latency percentiles pool
     the decoding steps of all repetitions. With ``lockstep`` each repetition decodes all
     configurations in turns pass by pass (``_lockstep``), which pairs their steps in time: on
-    a machine whose speed drifts this is the steadier comparison.
+    a machine whose speed drifts this is the steadier comparison. ``compiled`` times the
+    compiled path instead (``bench_compiled``; configurations it cannot run are left out), each
+    row with the seconds its first, compiling run took.
     """
     batch_size = len(batch["input_ids"])
     prompt_tokens = int(batch["attention_mask"].sum())
-    timed = _lockstep_runs if lockstep else _generate_runs
-    runs, counts, peaks = timed(model, batch, configs, new_tokens, reps)
+    compile_s: dict[str, float] = {}
+    if compiled:
+        from .bench_compiled import compiled_runs, compiles
+
+        configs = [c for c in configs if compiles(c)]
+        runs, counts, peaks, compile_s = compiled_runs(model, batch, configs, new_tokens, reps)
+    else:
+        timed = _lockstep_runs if lockstep else _generate_runs
+        runs, counts, peaks = timed(model, batch, configs, new_tokens, reps)
     rows = []
     for config in configs:
         prefill = [run[0] for run in runs[config.name]]
@@ -299,6 +309,7 @@ def decode_speed(
         rows.append(
             {
                 "config": config.name,
+                "path": "compiled" if compiled else "eager" if config.policy else "hf",
                 "method": config.policy.method if config.policy else "hf",
                 "batch_size": batch_size,
                 "new_tokens": new_tokens,
@@ -316,7 +327,8 @@ def decode_speed(
                 "skip_ratio": counts[config.name].skip_ratio,
                 "skip_ratio_pass": counts[config.name].skip_ratio_pass,
                 "reads_per_step": counts[config.name].reads_per_step,
-                "timing": "lockstep" if lockstep else "generate",
+                "timing": "compiled" if compiled else "lockstep" if lockstep else "generate",
+                **({"compile_s": compile_s[config.name]} if compiled else {}),
             }
         )
     return rows
@@ -337,15 +349,21 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
     if stat not in SPEED_STATS:
         raise ValueError(f"unknown speed statistic {stat!r}; choose one of {', '.join(SPEED_STATS)}")
     key = SPEED_STATS[stat]
-    for bs in {r["batch_size"] for r in rows}:
-        group = {r["config"]: r for r in rows if r["batch_size"] == bs}
+    # each path against its own dense and skip-all; plain HF (eager) is every path's vs_hf
+    for bs, compiled in {(r["batch_size"], r.get("path") == "compiled") for r in rows}:
+        group = {
+            r["config"]: r
+            for r in rows
+            if r["batch_size"] == bs and (r.get("path") == "compiled") == compiled
+        }
+        hf = next((r for r in rows if r["batch_size"] == bs and r["config"] == "hf"), None)
         t_dense = group[DENSE][key]
         t_ffn = t_dense - group["skip-all"][key]
         for row in group.values():
             row["speed_stat"] = stat
             row["speedup"] = t_dense / row[key]
-            if "hf" in group:
-                row["vs_hf"] = group["hf"][key] / row[key]
+            if hf is not None:
+                row["vs_hf"] = hf[key] / row[key]
             if known_traits(row["method"])["skips_layers"]:  # whole layers: the FFN bound does not apply
                 row["ideal_speedup"] = row["share_of_ideal"] = None
                 continue
@@ -439,11 +457,13 @@ def run_bench(
     reps: int = 3,
     stat: str = "p50",
     lockstep: bool = False,
+    compile: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """``ffnskip bench``: decode speed of every configuration at every batch size, beside the
     ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
-    (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``).
+    (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``);
+    ``compile`` adds the compiled path's rows (``bench_compiled``) after the eager ones.
     Returns ``{"environment": ..., "rows": [...]}``."""
     check_options(locals())  # the arguments, before anything loads
     from tqdm import tqdm
@@ -472,7 +492,10 @@ def run_bench(
     rows = [
         row
         for size in tqdm([int(b) for b in batch_sizes], desc="batch sizes", disable=not progress)
-        for row in decode_speed(model, batch_of(size), configs, new_tokens, reps, lockstep=lockstep)
+        for compiled in ((False, True) if compile else (False,))
+        for row in decode_speed(
+            model, batch_of(size), configs, new_tokens, reps, lockstep=lockstep, compiled=compiled
+        )
     ]
     add_ideal(rows, stat)
     env = environment(model)

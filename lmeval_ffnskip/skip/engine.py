@@ -97,7 +97,14 @@ class SkipEngine:
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
         decisions, self._pass, self._decisions, self._h = self._pass, None, None, None
-        tokens, stats = self._tokens, self.stats
+        if decisions is not None:
+            self._resolve(decisions)
+        self.record_pass(self._tokens, decisions)
+
+    def record_pass(self, tokens: PassTokens, decisions: PassSkips | None) -> None:
+        """Count one pass of ``tokens`` with its settled ``decisions`` (None: nothing eligible)
+        into the stats, the ledger and the history (the compiled path's steps come here too)."""
+        stats = self.stats
         shape = (tokens.batch, tokens.length)
         if decisions is None:
             stats.add_tokens(sum(tokens.real), 0, 0, 0)
@@ -106,7 +113,6 @@ class SkipEngine:
             if self.history is not None:
                 self.history.append(torch.zeros(*shape, self.layout.n_layers, dtype=torch.bool))
             return
-        self._resolve(decisions)
         stats.add_tokens(
             sum(tokens.real), decisions.n_eligible, sum(decisions.skip_count), decisions.never_fired()
         )

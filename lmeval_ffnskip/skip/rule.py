@@ -48,6 +48,11 @@ An FFN rule, per attached model:
 Decisions are plain Python lists: a pass runs once per generated token, and where decoding is
 launch-bound a small tensor operation per pass costs what a kernel launch does.
 
+Optionally, ``device()`` returns the rule's device form (``device.DeviceForm``): the same
+decisions as tensor operations inside one compiled decoding step (``compiled.py``), with no host
+read. By default None: the compiled path refuses the method by name. The base ``DeviceForm``
+serves rules whose ``begin`` decides everything up front (dense, static, random).
+
 A layer rule: ``layout_for`` resolves the cold layers (the engine then sets k to the whole
 layers n that save what k FFNs would); ``Rule(policy, layout, protected)`` (``protected``: the
 layers that must always run); ``order`` (the layers it skips, in the order they go) and
@@ -67,6 +72,7 @@ from .steps import past_warmup
 if TYPE_CHECKING:
     import torch
 
+    from .device import DeviceForm
     from .rows import PassSkips
     from .settings import SkipPolicy
 
@@ -157,6 +163,10 @@ class FFNRule(Rule):
     @abc.abstractmethod
     def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:
         """The record of this pass's decisions, for rows ``eligible`` at ``positions``."""
+
+    def device(self) -> DeviceForm | None:
+        """The decisions as a compiled step makes them (``device.DeviceForm``), or None: not offered."""
+        return None
 
 
 class LayerRule(Rule):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..device import DeviceForm
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -51,3 +52,6 @@ class DrawnSkips(FFNRule):
                 for layer in self.draws.take(positions[row]):
                     skips.skip(layer, [row])
         return skips
+
+    def device(self) -> DeviceForm:
+        return DeviceForm(self)  # decided up front: the host's mask goes in

@@ -9,6 +9,7 @@ A token's similarity is measured until it fires, so the last non-cold layer is n
 
 from __future__ import annotations
 
+from ..device import DeviceForm
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -39,6 +40,11 @@ class FFNSkip(FFNRule):
 
     def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:
         return TriggerPass(self, eligible)
+
+    def device(self) -> DeviceForm:
+        from .trigger_device import TriggerOnDevice
+
+        return TriggerOnDevice(self)
 
 
 class TriggerPass(PassSkips):

@@ -1,0 +1,143 @@
+"""The FFN blocks of a stock HF decoder as one compiled decoding step sees them.
+
+``BlockPatches`` replaces (per instance, like the eager engine) the ``forward`` of the FFN
+block's modules in the layers a device form touches. While a step runs (``StepContext.run``)
+the block is computed where it ends (``mlp``, or Gemma's output norm) from the residual stream
+``h`` kept at its input norm, inside ``torch.cond`` on whether any row runs it: a block that
+every row skips does no FFN work (the false branch returns zeros). Where only some rows skip,
+the block runs for every row and the skipped rows' outputs are zeroed (masked compute: the
+weights are read once either way; ``skip_ratio_pass`` counts the blocks every row skipped).
+After a block the form may measure cos(h, h + block): the fp32 Gram matrix of (h, block), as
+the eager engine's ``_measure``, with the cosine worked out in float64 (``engine._cosine``).
+Outside a step every patched module runs its stock ``forward`` (the eager prefill).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .adapters import FFNSite
+from .device import DeviceForm, State
+from .hooks import Patches
+
+
+class StepContext:
+    """What the step being traced has decided so far: the form's state and each layer's
+    skipping rows, in two dicts made once and changed in place (dynamo lost attribute stores on
+    this object between the patched modules; item stores it keeps). ``active`` is set by the
+    host around each compiled call."""
+
+    def __init__(self, form: DeviceForm, n_layers: int) -> None:
+        self.form, self.n_layers = form, n_layers
+        self.active = False
+        self.state: State = {}
+        self.skipped: dict[int, torch.Tensor] = {}
+
+    def begin(self, eligible: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
+        """Start one step's decisions, from ``eligible`` [batch] and the form's host ``inputs``."""
+        self.skipped.clear()
+        self.state.clear()
+        self.state.update(self.form.start(eligible, inputs))
+
+    def outcome(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[batch, n_layers] skipped FFN blocks, and [batch] eligible rows that never fired."""
+        none = torch.zeros_like(self.state["eligible"])
+        mask = torch.stack([self.skipped.get(i, none) for i in range(self.n_layers)], dim=1)
+        never = self.form.never(dict(self.state))
+        self.state.clear()
+        self.skipped.clear()
+        return mask, never
+
+    def block(
+        self, site: FFNSite, full: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
+    ) -> torch.Tensor:
+        """What layer ``site``'s FFN block adds to ``h``, skipped per row as the form decides."""
+        form, layer = self.form, site.index
+        if layer in form.skippable:
+            skip = form.skips(layer, dict(self.state))
+            self.skipped[layer] = skip
+            out = torch.cond(~skip.all(), _masked(full), _zeros, (h, skip))
+        else:
+            out = full(h)
+        if form.checks_at(layer):
+            self.state.update(form.measured(layer, dict(self.state), cosines(h, out)))
+        return out
+
+
+def _masked(full: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def run(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        out = full(h)
+        return torch.where(skip.view(-1, *[1] * (out.dim() - 1)), 0, out)
+
+    return run
+
+
+def _zeros(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(h)
+
+
+def cosines(h: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """[batch] cos(h, h + block) of one-token rows, from the fp32 Gram matrix, in float64."""
+    pair = torch.cat((h.reshape(h.shape[0], 1, -1), block.reshape(h.shape[0], 1, -1)), dim=1).float()
+    gram = torch.bmm(pair, pair.mT).double()
+    hh, hb, bb = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    norms = (hh * (hh + 2 * hb + bb).clamp(min=0)).sqrt()
+    return torch.where(norms > 0, (hh + hb) / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
+
+
+class BlockPatches:
+    """The patched ``forward``s of the FFN blocks a form touches, made once (so that compiled
+    code traced with them stays valid) and installed only while the compiled path runs. They are
+    closures, one set per layer: dynamo told ``functools.partial`` forwards of different layers
+    apart wrongly (every layer traced as the first one)."""
+
+    def __init__(self, ctx: StepContext, sites: list[FFNSite]) -> None:
+        self.forwards: list[tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]] = []
+        for site in (sites[i] for i in ctx.form.layers):
+            self.forwards += _block_forwards(ctx, site)
+        self._patches = Patches()
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        for module, forward in self.forwards:
+            self._patches.patch(module, forward)
+        try:
+            yield
+        finally:
+            self._patches.remove()
+
+
+def _block_forwards(
+    ctx: StepContext, site: FFNSite
+) -> list[tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]]:
+    """The replacement ``forward``s of one layer's FFN block modules: in a step the input norm
+    passes ``h`` on unnormed, so does Gemma's ``mlp``, and the block's last module returns
+    ``ctx.block`` of it; outside a step each runs its stock ``forward``."""
+    in_norm, mlp, out_norm = _stock(site.in_norm), _stock(site.mlp), site.out_norm and _stock(site.out_norm)
+    last = site.out_norm or site.mlp
+
+    def full(h: torch.Tensor) -> torch.Tensor:
+        y = mlp(in_norm(h))
+        return y if out_norm is None else out_norm(y)
+
+    def keep_input(h: torch.Tensor) -> torch.Tensor:
+        return h if ctx.active else in_norm(h)  # in a step: the block is computed where it ends
+
+    def pass_through(x: torch.Tensor) -> torch.Tensor:
+        return x if ctx.active else mlp(x)
+
+    def end(x: torch.Tensor) -> torch.Tensor:
+        return ctx.block(site, full, x) if ctx.active else _stock(last)(x)
+
+    forwards = [(site.in_norm, keep_input)]
+    if last is not site.mlp:
+        forwards.append((site.mlp, pass_through))
+    return [*forwards, (last, end)]
+
+
+def _stock(module: torch.nn.Module) -> Callable[..., torch.Tensor]:
+    """``module``'s class ``forward``, bound (whatever an attached engine put on the instance)."""
+    return type(module).forward.__get__(module)

@@ -1,0 +1,114 @@
+"""The compiled decoding path (``skip/decode.py``) makes the eager engine's decisions: per-token
+skip masks, counters and greedy tokens, at batch 1, in a left-padded batch, and where rows stop
+early (EOS, with padding after). Each method compiles twice (batch 1 and 3) on an 8-layer model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from lmeval_ffnskip.skip.decode import CompiledDecoder, _own_copy, decode_one_token
+from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
+from lmeval_ffnskip.skip.settings import SkipPolicy
+
+NEW = 10
+POLICIES = {
+    "dense": SkipPolicy(method="dense"),
+    "static": SkipPolicy(method="static", target_skip=0.34, warmup=2, seed=3),
+    "random": SkipPolicy(method="random", target_skip=0.5, warmup=1, refresh_every=3),
+    "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=0.85),
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    return tiny_model("llama", n_layers=8)
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    single = torch.randint(3, 97, (1, 7), generator=gen)
+    padded = torch.randint(3, 97, (3, 7), generator=gen)
+    mask = torch.ones_like(padded)
+    mask[0, :3] = mask[2, :1] = 0
+    return [
+        {"input_ids": single, "attention_mask": torch.ones_like(single)},
+        {"input_ids": padded.masked_fill(mask == 0, 0), "attention_mask": mask},
+    ]
+
+
+def _eager(model: torch.nn.Module, policy: SkipPolicy, eos: int) -> tuple[object, list[torch.Tensor]]:
+    with attach(model, policy, record=True) as engine:
+        outs = [generate_fixed(model, batch, NEW) for batch in _batches()]
+        batch = _batches()[1]
+        gen = {"max_new_tokens": NEW, "do_sample": False, "eos_token_id": eos, "pad_token_id": 0}
+        outs.append(checked_generate(model, batch["attention_mask"], lambda: model.generate(**batch, **gen)))
+    return engine, outs
+
+
+def _compiled(
+    model: torch.nn.Module, policy: SkipPolicy, eos: int
+) -> tuple[object, list[torch.Tensor], float]:
+    with attach(model, policy, record=True) as engine:
+        decoder = CompiledDecoder(model, engine)
+        outs = [
+            decoder.generate(b["input_ids"], b["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1)
+            for b in _batches()
+        ]
+        batch = _batches()[1]
+        outs.append(
+            checked_generate(
+                model,
+                batch["attention_mask"],
+                lambda: decoder.generate(
+                    batch["input_ids"], batch["attention_mask"], NEW, eos_token_id=eos, pad_token_id=0
+                ),
+            )
+        )
+    return engine, outs, decoder.compile_s
+
+
+def _early_eos(model: torch.nn.Module, policy: SkipPolicy) -> int:
+    """A token that row 1 of the padded batch emits at its 4th step, so that it stops early."""
+    with attach(model, policy):
+        return int(generate_fixed(model, _batches()[1], NEW)[1, 7 + 3])
+
+
+@pytest.mark.parametrize("method", list(POLICIES))
+def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
+    policy = POLICIES[method]
+    eos = _early_eos(model, policy)
+    eager, expected = _eager(model, policy, eos)
+    compiled, got, compile_s = _compiled(model, policy, eos)
+    assert compile_s > 0
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want, have)
+    assert (got[2][1, 7 + 4 :] == 0).all()  # row 1 met EOS at its 4th token: padded after it
+    assert len(eager.history) == len(compiled.history)
+    for want, have in zip(eager.history, compiled.history, strict=True):
+        assert torch.equal(want, have)
+    summary, mine = eager.stats.summary(), compiled.stats.summary()
+    assert mine.pop("host_syncs") == 0  # the compiled step reads nothing back
+    summary.pop("host_syncs")
+    assert mine == summary
+    if method != "dense":
+        assert mine["skipped"] > 0
+
+
+@pytest.mark.parametrize("method", ["spread", "shortgpt", "skipdecode"])
+def test_methods_without_device_form_refused(method: str) -> None:
+    model = tiny_model("llama", n_layers=6)
+    policy = SkipPolicy(method=method, target_skip=0.25, calibration=((0.9, 0.05),) * 6, influence=(0.1,) * 6)
+    with attach(model, policy) as engine, pytest.raises(NotImplementedError, match=f"method={method}"):
+        CompiledDecoder(model, engine)
+
+
+def test_sliding_window_models_refused() -> None:
+    model = tiny_model("gemma3_text", n_layers=4)
+    with attach(model, POLICIES["static"]) as engine, pytest.raises(NotImplementedError, match="sliding"):
+        CompiledDecoder(model, engine)
+
+
+def test_each_decoder_compiles_its_own_code() -> None:
+    assert _own_copy(decode_one_token).__code__ is not _own_copy(decode_one_token).__code__
