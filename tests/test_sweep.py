@@ -121,7 +121,9 @@ def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_p
             "model_args": {"warmpu": 3},
         },
         "targets=[1.5] is out of range: it must be a list of numbers in [0, 1]": {"targets": [1.5]},
-        "bench: unknown options batch_size; valid: batch_sizes, compile, dtype, ": {"bench": {"batch_size": [1]}},
+        "bench: unknown options batch_size; valid: batch_sizes, compile, dtype, ": {
+            "bench": {"batch_size": [1]}
+        },
         "cell ffnskip-0.9: target_skip=0.9 asks for 27 of 30 FFNs": {
             "methods": ["ffnskip"],
             "targets": [0.9],
