@@ -139,6 +139,21 @@ def test_batched_stats_count_the_tokens_each_request_keeps(task_manager):
     assert one["decoded_tokens"] == one["tokens"]
 
 
+def test_compiled_path_gives_the_eager_answers_and_counts(task_manager):
+    """compile=true: generate_until on the compiled decoding path, in a left-padded batch, with
+    the eager path's answers and counters (no host reads: the decisions stay in the step)."""
+    args = "target_skip=0.25,warmup=2"
+    eager = _evaluate("ffnskip", args, ["freebaseqa"], task_manager, limit=2)
+    compiled = _evaluate("ffnskip", f"{args},compile=true", ["freebaseqa"], task_manager, limit=2)
+    answers = [[s["resps"] for s in out["samples"]["freebaseqa"]] for out in (eager, compiled)]
+    assert answers[0] == answers[1]
+    one, other = (out["config"]["ffnskip"] for out in (eager, compiled))
+    for key in ("tokens", "eligible", "skipped", "never_fired", "layer_skipped", "decoded_tokens"):
+        assert one["stats"][key] == other["stats"][key], key
+    assert other["stats"]["skipped"] > 0 and other["stats"]["host_syncs"] == 0
+    assert one["compile_s"] is None and other["compile_s"] > 0
+
+
 def test_loglikelihood_skips_only_with_skip_prompt(task_manager, caplog):
     with caplog.at_level(logging.WARNING):
         plain = _evaluate("ffnskip", "target_skip=0.25,threshold=0.9", ["tiny_mc"], task_manager)

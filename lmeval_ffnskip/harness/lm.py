@@ -15,9 +15,10 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from ..skip.adapters import ffn_sites
+from ..skip.decode import CompiledDecoder
 from ..skip.engine import checked_generate, make_engine
 from ..skip.rules import traits
-from ..skip.settings import SkipPolicy, setting_names
+from ..skip.settings import SkipPolicy, setting_names, to_bool
 from ..skip.stats import COUNTERS, RowLedger, SkipStats
 from ..taskdata.conversation import converse, is_conversation
 from .checkpoints import DEFAULT_MODEL, preflight
@@ -61,7 +62,7 @@ def hf_args() -> set[str]:
 
 def valid_args(method: str = "ffnskip") -> set[str]:
     """Every model_arg ``--model ffnskip`` accepts with ``method`` (its rule may add settings)."""
-    return hf_args() | set(setting_names(method)) | {"profile"}
+    return hf_args() | set(setting_names(method)) | {"profile", "compile"}
 
 
 class FFNSkipLM(HFLM):
@@ -88,6 +89,7 @@ class FFNSkipLM(HFLM):
                 raise ValueError(CACHE_REFUSED)
             given = {k: kwargs.pop(k) for k in settings if k in kwargs}
             profile = kwargs.pop("profile", None)
+            compiled = _flag("compile", kwargs.pop("compile", False))
             self.policy = SkipPolicy.from_args(given)
             device = kwargs.get("device")
             if isinstance(pretrained, str):  # before any weights load
@@ -106,6 +108,8 @@ class FFNSkipLM(HFLM):
             self.policy = with_calibration(self.policy, self.model, self.tokenizer)
         self.engine = make_engine(self.model, self.policy)
         self.engine.install()
+        # compile=true: generate_until decodes on the compiled path (skip/decode.py)
+        self.decoder = CompiledDecoder(self.model, self.engine) if compiled else None
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
         self.requests = [0] * self.world_size  # requests each process's model computed
         self.notes: list[str] = []  # what the results JSON must say about these stats
@@ -179,6 +183,8 @@ class FFNSkipLM(HFLM):
         """HFLM's ``generate`` call, checked against what the engine saw (``checked_generate``)."""
         mask = kwargs.get("attention_mask")
         run = partial(super()._model_generate, context, max_length, stop, **kwargs)
+        if self.decoder is not None:
+            run = partial(self._compiled_generate, context, mask, max_length, stop, kwargs)
         engine = self.engine
         if context.shape[0] == 1:  # generation ends where the row's request does
             return checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
@@ -191,6 +197,25 @@ class FFNSkipLM(HFLM):
         finally:
             engine.ledger = None
         return out
+
+    def _compiled_generate(
+        self, context: torch.Tensor, mask: torch.Tensor | None, max_length: int, stop: list[str], kwargs: dict
+    ) -> torch.Tensor:
+        """``generate_until``'s greedy call on the compiled path, with lm-eval's stopping criteria."""
+        from lm_eval.models.utils_hf import stop_sequences_criteria
+
+        if kwargs.get("do_sample"):
+            raise ValueError("compile=true decodes greedily; drop do_sample from gen_kwargs")
+        return self.decoder.generate(
+            context,
+            mask,
+            max_new_tokens=max_length - context.shape[1],
+            eos_token_id=self.model.generation_config.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            stopping_criteria=stop_sequences_criteria(
+                self.tokenizer, stop, context.shape[1], context.shape[0]
+            ),
+        )
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
         out = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
@@ -244,8 +269,17 @@ class FFNSkipLM(HFLM):
             # how the run was split: the requests each process's model computed
             "processes": {"world_size": self.world_size, "requests": self.requests},
             "device": str(self.device),  # where it ran (lm-eval's default cuda:0 may mean the CPU)
+            # generate_until on the compiled path: the seconds its compiling calls took
+            "compile_s": None if self.decoder is None else self.decoder.compile_s,
         }
         return info
+
+
+def _flag(name: str, raw: object) -> bool:
+    try:
+        return to_bool(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid bool; use true or false") from None
 
 
 def _cpu_ranks(device: object) -> None:

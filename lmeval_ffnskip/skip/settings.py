@@ -148,7 +148,7 @@ def _coercer(hint: object) -> tuple[type, bool] | None:
     return named[0], len(named) < len(kinds)
 
 
-def _to_bool(raw: object) -> bool:
+def to_bool(raw: object) -> bool:
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()
@@ -165,4 +165,4 @@ def _to_int(raw: object) -> int:
     return int(raw)
 
 
-_PARSERS: dict[type, Callable[[Any], object]] = {bool: _to_bool, int: _to_int, float: float, str: str}
+_PARSERS: dict[type, Callable[[Any], object]] = {bool: to_bool, int: _to_int, float: float, str: str}
