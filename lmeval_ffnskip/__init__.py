@@ -9,16 +9,17 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .skip import LAYER_METHODS, METHODS
+from .skip import LAYER_METHODS
 
 _LAZY = {
+    "METHODS": "skip",
     "SkipPolicy": "skip.settings",
     "SkipEngine": "skip.engine",
     "attach": "skip.engine",
     "SkipStats": "skip.stats",
     "FFNSkipLM": "harness.lm",
 }
-__all__ = ["LAYER_METHODS", "METHODS", *_LAZY]
+__all__ = ["LAYER_METHODS", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

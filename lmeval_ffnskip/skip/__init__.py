@@ -9,7 +9,16 @@ conventions; ``naming.py`` names configurations. Imports nothing from the rest o
 nor lm-eval; this module and the registry stay import-light (the package's ``.pth`` hook imports
 them in every interpreter)."""
 
+from typing import Any
+
 from .rules import BUILTINS, methods
 
-METHODS: tuple[str, ...] = methods()  # the built-ins, then installed entry points
 LAYER_METHODS: tuple[str, ...] = tuple(name for name, rule in BUILTINS.items() if rule.skips_layers)
+
+
+def __getattr__(name: str) -> Any:
+    """``METHODS``: the built-ins, then installed entry points, read when asked for (not at every
+    interpreter start, and current after a package is installed)."""
+    if name == "METHODS":
+        return methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
