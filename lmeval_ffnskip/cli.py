@@ -101,17 +101,19 @@ def bench_main(argv: list[str]) -> int:
         f"{'config':<14}{'path':>9}{'batch':>6}{'prefill/s':>10}{'tok/s':>9}"
         f"{'p10 ms':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'peak MB':>8}{'skip':>7}{'by all':>7}{'reads':>7}"
-        f"{'vs hf':>7}{'speedup':>8}{'ideal':>7}{'of ideal':>9}"
+        f"{'vs hf':>7}{'speedup':>8}{'ideal':>7}{'of ideal':>9}{'of bound':>9}"
     )
     for r in rows:
-        share = "" if r["share_of_ideal"] is None else f"{r['share_of_ideal']:.0%}"
-        ideal = "" if r["ideal_speedup"] is None else f"{r['ideal_speedup']:.3f}"
+        share = "" if r.get("share_of_ideal") is None else f"{r['share_of_ideal']:.0%}"
+        ideal = "" if r.get("ideal_speedup") is None else f"{r['ideal_speedup']:.3f}"
+        speedup = "" if r.get("speedup") is None else f"{r['speedup']:.3f}"
         peak = "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
+        bound = f"{r['of_bound']:.0%}" if "of_bound" in r else ""
         print(
             f"{r['config']:<14}{r['path']:>9}{r['batch_size']:>6}{r['prefill_tokens_per_s']:>10.0f}{r['tokens_per_s']:>9.2f}"
             f"{r['latency_ms_p10']:>8.2f}{r['latency_ms_p50']:>8.2f}{r['latency_ms_p99']:>8.2f}{peak:>8}"
             f"{r['skip_ratio']:>7.1%}{r['skip_ratio_pass']:>7.1%}{r['reads_per_step']:>7.2f}"
-            f"{r.get('vs_hf', 1.0):>7.3f}{r['speedup']:>8.3f}{ideal:>7}{share:>9}"
+            f"{r.get('vs_hf', 1.0):>7.3f}{speedup:>8}{ideal:>7}{share:>9}{bound:>9}"
         )
     for r in rows:
         if "ms_per_read" in r:

@@ -1,5 +1,6 @@
-"""``ffnskip bench --compile``: the compiled path's rows beside the eager ones, each path's
-speedups against its own dense and skip-all (fields and consistency, not timings)."""
+"""``ffnskip bench --compile``: the compiled path's rows and HF's own compiled static-cache
+``generate`` (``hf-static``) beside the eager ones, each path's speedups against its own dense
+and skip-all (fields and consistency, not timings)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ def test_compiled_rows_beside_eager() -> None:
         *decode_speed(model, batch, CONFIGS, new_tokens=5, reps=1, compiled=True),
     ]
     add_ideal(rows)
-    eager = {r["config"]: r for r in rows if r["path"] != "compiled"}
+    eager = {r["config"]: r for r in rows if r["path"] in ("hf", "eager")}
     compiled = {r["config"]: r for r in rows if r["path"] == "compiled"}
+    (hf_static,) = [r for r in rows if r["path"] == "hf-static"]
+    assert hf_static["config"] == "hf-static" and hf_static["timing"] == "streamer"
+    assert hf_static["compile_s"] > 0 and hf_static["tokens_per_s"] == 2 * 4 / hf_static["decode_seconds"]
+    assert hf_static["vs_hf"] == eager["hf"]["latency_ms_p50"] / hf_static["latency_ms_p50"]
+    assert "speedup" not in hf_static and hf_static["skip_ratio"] == 0.0  # no dense of its own
     assert {r["path"] for r in eager.values()} == {"hf", "eager"} and eager["hf"]["path"] == "hf"
     # plain HF and the layer method have no device form: no compiled row
     assert set(compiled) == {"dense", "skip-all", "static-0.5"}
@@ -54,3 +60,13 @@ def test_compiled_rows_beside_eager() -> None:
 
 def test_which_configs_compile() -> None:
     assert [compiles(c) for c in CONFIGS] == [False, True, True, True, False]
+
+
+def test_streamed_bytes_leave_out_an_untied_input_embedding() -> None:
+    from lmeval_ffnskip.instruments.roofline import streamed_bytes
+
+    model = tiny_model("llama", n_layers=2)
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = model.get_output_embeddings().weight is embedding
+    assert streamed_bytes(model) == total - (0 if tied else embedding.numel() * embedding.element_size())

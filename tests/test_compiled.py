@@ -17,7 +17,9 @@ POLICIES = {
     "dense": SkipPolicy(method="dense"),
     "static": SkipPolicy(method="static", target_skip=0.34, warmup=2, seed=3),
     "random": SkipPolicy(method="random", target_skip=0.5, warmup=1, refresh_every=3),
-    "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=0.85),
+    "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=0.92),
+    # a level that some tokens' similarities reach and others' do not: both kinds of skip occur
+    "spread": SkipPolicy(method="spread", target_skip=0.25, warmup=1, calibration=((0.85, 0.05),) * 8),
 }
 
 
@@ -94,9 +96,11 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
     assert mine == summary
     if method != "dense":
         assert mine["skipped"] > 0
+    if method in ("ffnskip", "spread"):  # similarity decided some skips, not all
+        assert 0 < mine["never_fired"] < mine["eligible"]
 
 
-@pytest.mark.parametrize("method", ["spread", "shortgpt", "skipdecode"])
+@pytest.mark.parametrize("method", ["shortgpt", "skipdecode"])
 def test_methods_without_device_form_refused(method: str) -> None:
     model = tiny_model("llama", n_layers=6)
     policy = SkipPolicy(method=method, target_skip=0.25, calibration=((0.9, 0.05),) * 6, influence=(0.1,) * 6)

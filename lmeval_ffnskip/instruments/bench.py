@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from ..skip.naming import DENSE, config_name
 from ..skip.provenance import versions
 from ..skip.rules import known_traits, rule_class
 from ..skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
+
+HF_STATIC = "hf-static"  # the config and path of HF's own static-cache compiled generate
 
 PROMPTS = (
     "The history of the printing press begins",
@@ -292,10 +295,19 @@ def decode_speed(
     prompt_tokens = int(batch["attention_mask"].sum())
     compile_s: dict[str, float] = {}
     if compiled:
-        from .bench_compiled import compiled_runs, compiles
+        from .bench_compiled import compiled_runs, compiles, hf_static_runs
 
+        plain = any(c.policy is None for c in configs)
         configs = [c for c in configs if compiles(c)]
         runs, counts, peaks, compile_s = compiled_runs(model, batch, configs, new_tokens, reps)
+        if plain:  # HF's own compiled decoding, what a user would pick instead
+            try:
+                runs[HF_STATIC], compile_s[HF_STATIC] = hf_static_runs(model, batch, new_tokens, reps)
+            except RuntimeError as err:
+                print(f"ffnskip bench: no {HF_STATIC} row: {err}", file=sys.stderr)
+            else:
+                configs = [Config(HF_STATIC, None), *configs]
+                counts[HF_STATIC], peaks[HF_STATIC] = Counts.of(None, new_tokens), None
     else:
         timed = _lockstep_runs if lockstep else _generate_runs
         runs, counts, peaks = timed(model, batch, configs, new_tokens, reps)
@@ -309,7 +321,13 @@ def decode_speed(
         rows.append(
             {
                 "config": config.name,
-                "path": "compiled" if compiled else "eager" if config.policy else "hf",
+                "path": config.name
+                if config.name == HF_STATIC
+                else "compiled"
+                if compiled
+                else "eager"
+                if config.policy
+                else "hf",
                 "method": config.policy.method if config.policy else "hf",
                 "batch_size": batch_size,
                 "new_tokens": new_tokens,
@@ -327,7 +345,11 @@ def decode_speed(
                 "skip_ratio": counts[config.name].skip_ratio,
                 "skip_ratio_pass": counts[config.name].skip_ratio_pass,
                 "reads_per_step": counts[config.name].reads_per_step,
-                "timing": "compiled" if compiled else "lockstep" if lockstep else "generate",
+                "timing": ("streamer" if config.name == HF_STATIC else "compiled")
+                if compiled
+                else "lockstep"
+                if lockstep
+                else "generate",
                 **({"compile_s": compile_s[config.name]} if compiled else {}),
             }
         )
@@ -349,14 +371,17 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
     if stat not in SPEED_STATS:
         raise ValueError(f"unknown speed statistic {stat!r}; choose one of {', '.join(SPEED_STATS)}")
     key = SPEED_STATS[stat]
-    # each path against its own dense and skip-all; plain HF (eager) is every path's vs_hf
-    for bs, compiled in {(r["batch_size"], r.get("path") == "compiled") for r in rows}:
-        group = {
-            r["config"]: r
-            for r in rows
-            if r["batch_size"] == bs and (r.get("path") == "compiled") == compiled
-        }
+    # each path against its own dense and skip-all (plain HF with the eager path); plain HF
+    # (eager) is every path's vs_hf; hf-static has no dense of its own: vs_hf only
+    for bs, path in {(r["batch_size"], _path_group(r)) for r in rows}:
+        group = {r["config"]: r for r in rows if r["batch_size"] == bs and _path_group(r) == path}
         hf = next((r for r in rows if r["batch_size"] == bs and r["config"] == "hf"), None)
+        if DENSE not in group or "skip-all" not in group:
+            for row in group.values():
+                row["speed_stat"] = stat
+                if hf is not None:
+                    row["vs_hf"] = hf[key] / row[key]
+            continue
         t_dense = group[DENSE][key]
         t_ffn = t_dense - group["skip-all"][key]
         for row in group.values():
@@ -375,6 +400,19 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
         if checks and off and checks.get("reads_per_step"):
             # what one similarity check and its host read add to a step
             checks["ms_per_read"] = (_step_ms(checks, key) - _step_ms(off, key)) / checks["reads_per_step"]
+
+
+def _path(config: Config, compiled: bool) -> str:
+    """The decoding path a configuration's row was measured on."""
+    if config.name == HF_STATIC:
+        return HF_STATIC
+    return "compiled" if compiled else "eager" if config.policy else "hf"
+
+
+def _path_group(row: dict[str, object]) -> str:
+    """The rows a row's speedup is measured within: plain HF goes with the eager engine."""
+    path = str(row.get("path", "eager"))
+    return "eager" if path == "hf" else path
 
 
 def _step_ms(row: dict[str, object], key: str) -> float:
@@ -499,6 +537,16 @@ def run_bench(
     ]
     add_ideal(rows, stat)
     env = environment(model)
+    if model.device.type == "cuda":  # decoding there is bound by streaming the weights
+        from .roofline import copy_bandwidth, streamed_bytes
+
+        env["copy_GB_per_s"], env["streamed_GB"] = (
+            copy_bandwidth(model.device) / 1e9,
+            streamed_bytes(model) / 1e9,
+        )
+        for row in rows:
+            row["bound_tokens_per_s"] = row["batch_size"] * env["copy_GB_per_s"] / env["streamed_GB"]
+            row["of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
     if shape is not None:
         env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
     if thin:

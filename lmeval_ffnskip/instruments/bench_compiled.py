@@ -1,12 +1,17 @@
-"""The bench's compiled path (``ffnskip bench --compile``): each configuration decoded by
-``skip.decode.CompiledDecoder`` (static KV cache, one compiled step per token) instead of HF
-``generate``, timed per step, with the same warm-up run and round-robin repetitions as
-``bench._generate_runs``. Configurations without a device form (plain HF, layer methods,
-``spread``) have no compiled row."""
+"""The bench's compiled paths (``ffnskip bench --compile``).
+
+``compiled``: each configuration decoded by ``skip.decode.CompiledDecoder`` (static KV cache,
+one compiled step per token) instead of HF ``generate``, timed per step, with the same warm-up
+run and round-robin repetitions as ``bench._generate_runs``; configurations without a device
+form (plain HF, the layer methods) have no compiled row. ``hf-static``: what a user would pick
+instead, plain HF ``generate`` with ``cache_implementation="static"``, which compiles the
+decoding step itself (its ``CompileConfig``; on a CPU only when told to compile on every device),
+timed per step by a streamer (the compiled forward leaves no room for hooks)."""
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -64,6 +69,65 @@ def compiled_runs(
             runs[name].append([_seconds(a, b) for a, b in itertools.pairwise(marks)])
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
     return runs, counts, dict.fromkeys(runs), {name: d.compile_s for name, d in decoders.items()}
+
+
+class StepMarks:
+    """A ``generate`` streamer that marks time (``bench._mark``) at each ``put``: before the
+    prefill (the prompt) and after every new token, so intervals are [prefill, step 1, ...]."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.marks = cuda, []
+
+    def put(self, value: torch.Tensor) -> None:
+        from .bench import _mark
+
+        self.marks.append(_mark(self.cuda))
+
+    def end(self) -> None:
+        pass
+
+    def intervals(self) -> list[float]:
+        from .bench import _seconds
+
+        if self.cuda:
+            torch.cuda.synchronize()
+        return [_seconds(a, b) for a, b in itertools.pairwise(self.marks)]
+
+
+def hf_static_runs(
+    model: nn.Module, batch: dict, new_tokens: int, reps: int
+) -> tuple[list[list[float]], float]:
+    """Pass times [prefill, step 1, ...] of each of ``reps`` plain HF ``generate`` runs with a
+    static cache and HF's own compiled decoding step, after one untimed run whose seconds are
+    returned as the compile time. RuntimeError where HF did not compile the step."""
+    from transformers import CompileConfig
+
+    compile_config = CompileConfig()
+    compile_config._compile_all_devices = model.device.type == "cpu"  # HF compiles on GPUs only, unless told
+    kwargs = {
+        **batch,
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "cache_implementation": "static",
+        "compile_config": compile_config,
+    }
+    vars(model).pop("_compiled_call", None)
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**kwargs)
+        compile_s = time.perf_counter() - start
+        if "_compiled_call" not in vars(model):
+            raise RuntimeError(
+                f"{model.config.model_type}: transformers did not compile generate's decoding step "
+                "(its auto-compile criteria were not met)"
+            )
+        runs = []
+        for _ in range(reps):
+            marks = StepMarks(model.device.type == "cuda")
+            model.generate(**kwargs, streamer=marks)
+            runs.append(marks.intervals())
+    return runs, compile_s
 
 
 @contextmanager

@@ -303,11 +303,11 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for doc in benches:
         env = doc["environment"]
         for batch in sorted({r["batch_size"] for r in doc["rows"]}):
-            # the eager path's rows (a ``--compile`` bench has a second set, compared with its own)
+            # the eager path's rows (a ``--compile`` bench has more paths, each compared with its own)
             rows = {
                 r["config"]: r
                 for r in doc["rows"]
-                if r["batch_size"] == batch and r.get("path") != "compiled"
+                if r["batch_size"] == batch and r.get("path", "eager") in ("hf", "eager")
             }
             fixed = {"hf", "dense", "ffnskip-off", "checks-only", "skip-all"}
             out.append(

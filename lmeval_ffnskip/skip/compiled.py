@@ -7,8 +7,9 @@ the block is computed where it ends (``mlp``, or Gemma's output norm) from the r
 every row skips does no FFN work (the false branch returns zeros). Where only some rows skip,
 the block runs for every row and the skipped rows' outputs are zeroed (masked compute: the
 weights are read once either way; ``skip_ratio_pass`` counts the blocks every row skipped).
-After a block the form may measure cos(h, h + block): the fp32 Gram matrix of (h, block), as
-the eager engine's ``_measure``, with the cosine worked out in float64 (``engine._cosine``).
+After a block the form may measure cos(h, h + block), inside the branch that ran it: fp32 dot
+products, the cosine from them in float64 (the eager engine's ``_measure`` takes the same
+products from a Gram matrix; the sums' order differs, by about 1e-7 in the cosine).
 Outside a step every patched module runs its stock ``forward`` (the eager prefill).
 """
 
@@ -56,34 +57,52 @@ class StepContext:
     ) -> torch.Tensor:
         """What layer ``site``'s FFN block adds to ``h``, skipped per row as the form decides."""
         form, layer = self.form, site.index
+        measure = form.checks_at(layer)
         if layer in form.skippable:
-            skip = form.skips(layer, dict(self.state))
+            skip, state = form.enter(layer, dict(self.state))
+            self.state.update(state)
             self.skipped[layer] = skip
-            out = torch.cond(~skip.all(), _masked(full), _zeros, (h, skip))
+            branches = _running(full, measure, masked=h.shape[0] > 1), _skipping(measure)
+            result = torch.cond(~skip.all(), *branches, (h, skip))
+            out, cos = result if measure else (result, None)
         else:
             out = full(h)
-        if form.checks_at(layer):
-            self.state.update(form.measured(layer, dict(self.state), cosines(h, out)))
+            cos = cosines(h, out) if measure else None
+        if measure:
+            self.state.update(form.measured(layer, dict(self.state), cos))
         return out
 
 
-def _masked(full: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def run(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+def _running(
+    full: Callable[[torch.Tensor], torch.Tensor], measure: bool, masked: bool
+) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The branch where some row runs the block: every row computes it, skipping rows' outputs
+    zeroed (``masked``: more than one row), with the similarities where the form measures."""
+
+    def run(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out = full(h)
-        return torch.where(skip.view(-1, *[1] * (out.dim() - 1)), 0, out)
+        if masked:
+            out = torch.where(skip.view(-1, *[1] * (out.dim() - 1)), 0, out)
+        return (out, cosines(h, out)) if measure else out
 
     return run
 
 
-def _zeros(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-    return torch.zeros_like(h)
+def _skipping(measure: bool) -> Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]:
+    """The branch where every row skips: no FFN work, zeros added (similarity 1 where measured)."""
+
+    def skip_all(h: torch.Tensor, skip: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        out = torch.zeros_like(h)
+        return (out, torch.ones(h.shape[0], dtype=torch.float64, device=h.device)) if measure else out
+
+    return skip_all
 
 
 def cosines(h: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
-    """[batch] cos(h, h + block) of one-token rows, from the fp32 Gram matrix, in float64."""
-    pair = torch.cat((h.reshape(h.shape[0], 1, -1), block.reshape(h.shape[0], 1, -1)), dim=1).float()
-    gram = torch.bmm(pair, pair.mT).double()
-    hh, hb, bb = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+    """[batch] cos(h, h + block) of one-token rows: the fp32 dot products (h.h, h.block,
+    block.block), one fused reduction, and the cosine from them in float64."""
+    x, y = h.reshape(h.shape[0], -1).float(), block.reshape(h.shape[0], -1).float()
+    hh, hb, bb = ((x * x).sum(-1).double(), (x * y).sum(-1).double(), (y * y).sum(-1).double())
     norms = (hh * (hh + 2 * hb + bb).clamp(min=0)).sqrt()
     return torch.where(norms > 0, (hh + hb) / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
 

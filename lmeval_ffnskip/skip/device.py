@@ -4,9 +4,10 @@
 ``FFNRule.device()`` returns one (or None: the compiled path then refuses the method by name).
 Per step the decoder calls, on the host, ``inputs(eligible, positions)`` (plain lists, as the
 eager rule gets them), then inside the traced step ``start``, and per patched layer, in order,
-``skips`` (before its FFN block) and, where ``checks_at``, ``measured`` (after it), and at the
-end ``never``. Every tensor is [batch] (one decoding token per row) unless said otherwise;
-``state`` is a dict of tensors that the form replaces, never changes in place.
+``enter`` (before its FFN block, where the layer is skippable) and, where ``checks_at``,
+``measured`` (after it), and at the end ``never``. Every tensor is [batch] (one decoding token
+per row) unless said otherwise; ``state`` is a dict of tensors that the form replaces, never
+changes in place.
 """
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class DeviceForm:
         """The state at the first layer of a step."""
         return dict(inputs, eligible=eligible)
 
-    def skips(self, layer: int, state: State) -> torch.Tensor:
-        """Which rows skip ``layer``'s FFN block (a layer in ``skippable``)."""
-        return state["mask"][:, layer]
+    def enter(self, layer: int, state: State) -> tuple[torch.Tensor, State]:
+        """Which rows skip ``layer``'s FFN block (a layer in ``skippable``), and the state after."""
+        return state["mask"][:, layer], state
 
     def checks_at(self, layer: int) -> bool:
         """Whether ``measured`` is called after ``layer``'s block (fixed per form: the graph's shape)."""

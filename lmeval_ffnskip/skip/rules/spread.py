@@ -26,6 +26,7 @@ import functools
 import statistics
 from dataclasses import dataclass
 
+from ..device import DeviceForm
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -79,6 +80,11 @@ class Spread(FFNRule):
 
     def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:
         return SpreadPass(self.policy, self.layout, eligible, positions)
+
+    def device(self) -> DeviceForm:
+        from .spread_device import SpreadOnDevice
+
+        return SpreadOnDevice(self)
 
 
 class SpreadPass(PassSkips):

@@ -36,8 +36,8 @@ class TriggerOnDevice(DeviceForm):
             "until": torch.zeros(eligible.shape, dtype=torch.long, device=eligible.device),
         }
 
-    def skips(self, layer: int, state: State) -> torch.Tensor:
-        return state["fired"] & (state["until"] > layer)
+    def enter(self, layer: int, state: State) -> tuple[torch.Tensor, State]:
+        return state["fired"] & (state["until"] > layer), state
 
     def checks_at(self, layer: int) -> bool:
         return self.searching and layer in self.checked
