@@ -1,21 +1,36 @@
 #!/usr/bin/env bash
-# The CUDA shape benches of docs/speed.md in one command, for a lent GPU machine (about 5 minutes
-# on an H200 for the eager runs): every shipped shape in bf16, batch 1 and 8, each config decoded in
-# lockstep; then the Llama-2-7B shape once more with --compile, both paths side by side (eager and
-# compiled rows in one JSON; untested on CUDA: its compile time there is not known).
+# The CUDA benches of docs/speed.md in one command, for a lent GPU machine (budget: 6 minutes on
+# an H200; untested on CUDA so far, so every bench has its own time limit and JSON, and a bench
+# that fails or runs out of time loses only its own file):
+#   1. the Llama-2-7B shape in bf16, batch 1, all paths side by side (--compile): plain HF (eager),
+#      hf-static (HF's own static cache + compiled generate), our eager engine and our compiled
+#      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound;
+#   2. the same at batch 8;
+#   3. the smaller shapes, eager path only, in lockstep.
 # usage: bash scripts/gpu_bench.sh OUT_DIR      (on the device tool: bash scripts/gpu_bench.sh "$OUT")
+# dry run on a CPU: DEVICE=cpu DTYPE=float32 SHAPE=smollm2-135m THIN=--thin SCALE=4 bash scripts/gpu_bench.sh /tmp/dry
 # Needs only torch and transformers (run from the repository root; nothing is downloaded).
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/gpu_bench.sh OUT_DIR}
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+SHAPE=${SHAPE:-llama-2-7b}
+THIN=${THIN:-}
+SCALE=${SCALE:-1}  # time limits x SCALE (a CPU dry run needs more)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-for shape in llama-2-7b llama-3.2-1b qwen2.5-0.5b smollm2-135m; do
-  python3 -m lmeval_ffnskip bench --shape "$shape" --device cuda --dtype bfloat16 --batch-sizes 1,8 \
-    --targets 0.05,0.25,0.3,0.5 --methods ffnskip,static --new-tokens 32 --reps 3 --lockstep \
-    --json "$OUT/$shape.json" 2>&1 | grep -v "batch sizes" | tee "$OUT/$shape.log"
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1 || true
+bench() {  # NAME LIMIT_S ARGS...: one bench, its JSON and log under $OUT
+  local name=$1 limit=$2
+  shift 2
+  timeout "$((limit * SCALE))" python3 -m lmeval_ffnskip bench --device "$DEVICE" --dtype "$DTYPE" --new-tokens 32 \
+    --reps 3 --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
+  echo "$name: exit $? ($(grep -c . "$OUT/$name.log") log lines)"
+}
+bench "$SHAPE-compiled-b1" 150 --shape "$SHAPE" $THIN --batch-sizes 1 --targets 0.05,0.31 --compile
+bench "$SHAPE-compiled-b8" 120 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile
+for small in llama-3.2-1b qwen2.5-0.5b smollm2-135m; do
+  [ "$small" = "$SHAPE" ] && continue
+  bench "$small" 30 --shape "$small" $THIN --batch-sizes 1,8 --targets 0.25 --methods ffnskip,static --lockstep
 done
-python3 -m lmeval_ffnskip bench --shape llama-2-7b --device cuda --dtype bfloat16 --batch-sizes 1,8 \
-  --targets 0.05,0.3 --methods ffnskip,static --new-tokens 32 --reps 3 --compile \
-  --json "$OUT/llama-2-7b-compiled.json" 2>&1 | grep -v "batch sizes" | tee "$OUT/llama-2-7b-compiled.log"

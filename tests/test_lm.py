@@ -86,6 +86,8 @@ def test_dense_matches_hf(task_manager):
         ({"pretrained": "/nonexistent/dir"}, "pretrained='/nonexistent/dir': no such directory"),
         ({"device": "cuda"}, "device='cuda' cannot be used here"),
         ({"pretrained": "CONFIG_ONLY"}, "gpt2"),
+        ({"method": "shortgpt", "compile": "true"}, "method=shortgpt has no device form"),
+        ({"compile": "true", "skip_prompt": "true"}, "does not take skip_prompt=true"),
     ],
 )
 def test_bad_model_or_device_fails_before_loading(kwargs, message, tmp_path, monkeypatch):

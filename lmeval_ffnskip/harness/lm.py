@@ -15,7 +15,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from ..skip.adapters import ffn_sites
-from ..skip.decode import CompiledDecoder
+from ..skip.decode import CompiledDecoder, refusal
 from ..skip.engine import checked_generate, make_engine
 from ..skip.rules import traits
 from ..skip.settings import SkipPolicy, setting_names, to_bool
@@ -91,6 +91,8 @@ class FFNSkipLM(HFLM):
             profile = kwargs.pop("profile", None)
             compiled = _flag("compile", kwargs.pop("compile", False))
             self.policy = SkipPolicy.from_args(given)
+            if compiled and (reason := refusal(self.policy)):
+                raise ValueError(reason)
             device = kwargs.get("device")
             if isinstance(pretrained, str):  # before any weights load
                 pretrained = preflight(pretrained, None if device in LM_EVAL_DEFAULT_DEVICES else device)

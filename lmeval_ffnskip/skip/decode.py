@@ -30,6 +30,8 @@ from .compiled import BlockPatches, StepContext
 from .device import MaskedPass
 from .engine import SkipEngine
 from .hf_compat import PassTokens, cache_keyword
+from .rule import FFNRule
+from .settings import SkipPolicy
 
 CACHE_BLOCK = 256  # static caches are sized in multiples of this, so that lengths share a compile
 
@@ -79,21 +81,29 @@ def decode_one_token(
     return out.logits[:, -1].float(), skipped, never
 
 
+def refusal(policy: SkipPolicy) -> str | None:
+    """Why the compiled decoding path cannot run ``policy`` (read from its rule class, before any
+    model loads), or None."""
+    rule = policy.rule
+    if not issubclass(rule, FFNRule) or rule.device is FFNRule.device:
+        return (
+            f"method={policy.method} has no device form, so the compiled decoding path cannot run it; "
+            "supported: the FFN methods (dense, ffnskip, spread, static, random); drop compile / --compile"
+        )
+    if policy.skip_prompt:
+        return "the compiled decoding path prefills in full: it does not take skip_prompt=true"
+    return None
+
+
 class CompiledDecoder:
     """The compiled decoding path of one attached ``SkipEngine``: same decisions, same counters."""
 
     def __init__(self, model: nn.Module, engine: SkipEngine) -> None:
-        policy = engine.policy
-        form = engine.rule.device() if isinstance(engine, SkipEngine) else None
+        if reason := refusal(engine.policy):
+            raise NotImplementedError(reason)
+        form = engine.rule.device()
         if form is None:
-            raise NotImplementedError(
-                f"method={policy.method} has no device form, so the compiled decoding path cannot run it; "
-                "supported: dense, ffnskip, static, random (drop compile / --compile)"
-            )
-        if policy.skip_prompt:
-            raise NotImplementedError(
-                "the compiled decoding path prefills in full: it does not take skip_prompt=true"
-            )
+            raise NotImplementedError(f"method={engine.policy.method}'s rule gave no device form")
         if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
             raise NotImplementedError(
                 f"{model.config.model_type}: the compiled decoding path does not take sliding-window "
