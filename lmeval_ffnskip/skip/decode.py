@@ -114,15 +114,7 @@ class CompiledDecoder:
         self.ctx = StepContext(form, engine.layout.n_layers)
         self.patches = BlockPatches(self.ctx, engine.sites)
         self.keyword = cache_keyword(model)
-        # on a CPU, inductor's freezing takes the weights in as constants and prepacks the linear
-        # layers' (a second copy of them, read as the model stood at the first call): without it
-        # SmolLM2's fp32 step is slower than the eager one, with it faster
-        self._step = torch.compile(
-            _own_copy(decode_one_token),
-            fullgraph=True,
-            dynamic=False,
-            options={"freezing": True} if model.device.type == "cpu" else None,
-        )
+        self._step = torch.compile(_own_copy(decode_one_token), fullgraph=True, dynamic=False)
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self.compile_s = 0.0  # seconds spent in calls that compiled (the first per shape)
         self._compiled: set[tuple[int, int]] = set()
