@@ -18,17 +18,15 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from ..skip.decode import CompiledDecoder
+from ..skip.decode import CompiledDecoder, refusal
 from ..skip.engine import SkipEngine, make_engine, spanning
-from ..skip.rule import FFNRule
 from ..skip.stats import SkipStats
 from ..skip.steps import StepCounter
 
 
 def compiles(config: object) -> bool:
-    """Whether ``config`` (a ``bench.Config``) has a compiled row: an FFN rule with a device form."""
-    rule = config.policy and config.policy.rule
-    return rule is not None and issubclass(rule, FFNRule) and rule.device is not FFNRule.device
+    """Whether ``config`` (a ``bench.Config``) has a compiled row (``decode.refusal``)."""
+    return config.policy is not None and refusal(config.policy) is None
 
 
 def compiled_runs(
