@@ -104,6 +104,13 @@ def _seconds(start: object, end: object) -> float:
     return start.elapsed_time(end) / 1000 if isinstance(start, torch.cuda.Event) else end - start
 
 
+def intervals(marks: list[object], cuda: bool) -> list[float]:
+    """Seconds between consecutive ``_mark``s (on a GPU once their events have completed)."""
+    if cuda:
+        torch.cuda.synchronize()
+    return [_seconds(a, b) for a, b in itertools.pairwise(marks)]
+
+
 class StepClock:
     """Timestamps of a model's forward passes: the start of the first, the end of each.
 
@@ -123,9 +130,7 @@ class StepClock:
 
     def intervals(self) -> list[float]:
         """Seconds between consecutive marks: [prefill, step 1, step 2, ...]."""
-        if self.cuda:
-            torch.cuda.synchronize()
-        return [_seconds(a, b) for a, b in itertools.pairwise(self.marks)]
+        return intervals(self.marks, self.cuda)
 
     def close(self) -> None:
         for handle in self._handles:

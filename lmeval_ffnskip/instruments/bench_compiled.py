@@ -10,7 +10,6 @@ timed per step by a streamer (the compiled forward leaves no room for hooks)."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +34,7 @@ def compiled_runs(
     """As ``bench._generate_runs`` (pass times [prefill, step 1, ...] of each repetition, what
     the engine did in the last, no peak memory), plus the seconds each configuration's first
     (compiling) run took."""
-    from .bench import Counts, _mark, _seconds
+    from .bench import Counts, _mark, intervals
 
     cuda = model.device.type == "cuda"
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -62,9 +61,7 @@ def compiled_runs(
                     eos_token_id=_eos(model),
                     clock=lambda marks=marks: marks.append(_mark(cuda)),
                 )
-            if cuda:
-                torch.cuda.synchronize()
-            runs[name].append([_seconds(a, b) for a, b in itertools.pairwise(marks)])
+            runs[name].append(intervals(marks, cuda))
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
     return runs, counts, dict.fromkeys(runs), {name: d.compile_s for name, d in decoders.items()}
 
@@ -85,11 +82,9 @@ class StepMarks:
         pass
 
     def intervals(self) -> list[float]:
-        from .bench import _seconds
+        from .bench import intervals
 
-        if self.cuda:
-            torch.cuda.synchronize()
-        return [_seconds(a, b) for a, b in itertools.pairwise(self.marks)]
+        return intervals(self.marks, self.cuda)
 
 
 def hf_static_runs(

@@ -43,15 +43,7 @@ def prefill(
     (positions as ``generate`` numbers them: real tokens counted, padding at 1)."""
     position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     slots = torch.arange(ids.shape[1], device=ids.device)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=position,
-        cache_position=slots,
-        use_cache=True,
-        **{keyword: cache},
-    )
-    return out.logits[:, -1].float()
+    return _last_logits(model, keyword, ids, mask, position, slots, cache)
 
 
 def decode_one_token(
@@ -69,16 +61,30 @@ def decode_one_token(
     """One decoding pass: [batch, vocab] fp32 logits, [batch, n_layers] skipped blocks, [batch]
     eligible rows that never fired. ``mask`` spans the whole static cache."""
     ctx.begin(eligible, inputs)
+    logits = _last_logits(model, keyword, token, mask, position, slot, cache)
+    skipped, never = ctx.outcome()
+    return logits, skipped, never
+
+
+def _last_logits(
+    model: nn.Module,
+    keyword: str,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    position: torch.Tensor,
+    slots: torch.Tensor,
+    cache: StaticCache,
+) -> torch.Tensor:
+    """One pass of ``ids`` written at cache ``slots``: [batch, vocab] fp32 logits of the last position."""
     out = model(
-        input_ids=token,
+        input_ids=ids,
         attention_mask=mask,
         position_ids=position,
-        cache_position=slot,
+        cache_position=slots,
         use_cache=True,
         **{keyword: cache},
     )
-    skipped, never = ctx.outcome()
-    return out.logits[:, -1].float(), skipped, never
+    return out.logits[:, -1].float()
 
 
 def refusal(policy: SkipPolicy) -> str | None:
