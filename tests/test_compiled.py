@@ -1,6 +1,7 @@
 """The compiled decoding path (``skip/decode.py``) makes the eager engine's decisions: per-token
 skip masks, counters and greedy tokens, at batch 1, in a left-padded batch, and where rows stop
-early (EOS, with padding after). Each method compiles twice (batch 1 and 3) on an 8-layer model."""
+early (EOS, with padding after), whichever way each step was decoded (a planned step that held,
+a guess discarded and decoded again, the general step). On an 8-layer model."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from conftest import tiny_model
 
 from lmeval_ffnskip.skip.decode import CompiledDecoder, _own_copy, decode_one_token
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
-from lmeval_ffnskip.skip.settings import SkipPolicy
+from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
 
 NEW = 10
 POLICIES = {
     "dense": SkipPolicy(method="dense"),
     "static": SkipPolicy(method="static", target_skip=0.34, warmup=2, seed=3),
     "random": SkipPolicy(method="random", target_skip=0.5, warmup=1, refresh_every=3),
+    # a threshold some similarities reach: decisions change from token to token, guesses fail
     "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=0.92),
+    # fires at its first check: the same decisions every token, guesses hold
+    "ffnskip-at-once": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=ALWAYS),
     # a level that some tokens' similarities reach and others' do not: both kinds of skip occur
     "spread": SkipPolicy(method="spread", target_skip=0.25, warmup=1, calibration=((0.85, 0.05),) * 8),
 }
@@ -68,7 +72,7 @@ def _compiled(
                 ),
             )
         )
-    return engine, outs, decoder.compile_s
+    return engine, outs, decoder
 
 
 def _early_eos(model: torch.nn.Module, policy: SkipPolicy) -> int:
@@ -82,8 +86,8 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
     policy = POLICIES[method]
     eos = _early_eos(model, policy)
     eager, expected = _eager(model, policy, eos)
-    compiled, got, compile_s = _compiled(model, policy, eos)
-    assert compile_s > 0
+    compiled, got, decoder = _compiled(model, policy, eos)
+    assert decoder.compile_s > 0
     for want, have in zip(expected, got, strict=True):
         assert torch.equal(want, have)
     assert (got[2][1, 7 + 4 :] == 0).all()  # row 1 met EOS at its 4th token: padded after it
@@ -91,13 +95,24 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
     for want, have in zip(eager.history, compiled.history, strict=True):
         assert torch.equal(want, have)
     summary, mine = eager.stats.summary(), compiled.stats.summary()
-    assert mine.pop("host_syncs") == 0  # the compiled step reads nothing back
+    steps = decoder.plans.summary()
+    reads = policy.method in ("ffnskip", "spread")
+    # a rule that reads similarities: one read per step with eligible rows, one more per discarded guess
+    assert mine.pop("host_syncs") == (mine["passes"] + steps["discarded_steps"] if reads else 0)
     summary.pop("host_syncs")
     assert mine == summary
+    decoded = steps["planned_steps"] + steps["general_steps"]
+    assert decoded == len(compiled.history) - 3  # every pass but the three generations' prefills
     if method != "dense":
         assert mine["skipped"] > 0
     if method in ("ffnskip", "spread"):  # similarity decided some skips, not all
         assert 0 < mine["never_fired"] < mine["eligible"]
+    if method == "dense":
+        assert steps["general_steps"] == 0 and steps["plans_compiled"] == 2  # batch 1 and 3
+    if method == "ffnskip":
+        assert steps["discarded_steps"] > 0
+    if method == "ffnskip-at-once":
+        assert steps["discarded_steps"] == 0 and steps["planned_steps"] > steps["general_steps"]
 
 
 @pytest.mark.parametrize("method", ["shortgpt", "skipdecode"])

@@ -294,23 +294,24 @@ def decode_speed(
     configurations in turns pass by pass (``_lockstep``), which pairs their steps in time: on
     a machine whose speed drifts this is the steadier comparison. ``compiled`` times the
     compiled path instead (``bench_compiled``; configurations it cannot run are left out), each
-    row with the seconds its first, compiling run took.
+    row with the seconds its compiling calls took and how its steps were decoded.
     """
     batch_size = len(batch["input_ids"])
     prompt_tokens = int(batch["attention_mask"].sum())
-    compile_s: dict[str, float] = {}
+    extras: dict[str, dict[str, object]] = {}
     if compiled:
         from .bench_compiled import compiled_runs, compiles, hf_static_runs
 
         plain = any(c.policy is None for c in configs)
         configs = [c for c in configs if compiles(c)]
-        runs, counts, peaks, compile_s = compiled_runs(model, batch, configs, new_tokens, reps)
+        runs, counts, peaks, extras = compiled_runs(model, batch, configs, new_tokens, reps)
         if plain:  # HF's own compiled decoding, what a user would pick instead
             try:
-                runs[HF_STATIC], compile_s[HF_STATIC] = hf_static_runs(model, batch, new_tokens, reps)
+                runs[HF_STATIC], compile_s = hf_static_runs(model, batch, new_tokens, reps)
             except RuntimeError as err:
                 print(f"ffnskip bench: no {HF_STATIC} row: {err}", file=sys.stderr)
             else:
+                extras[HF_STATIC] = {"compile_s": compile_s}
                 configs = [Config(HF_STATIC, None), *configs]
                 counts[HF_STATIC], peaks[HF_STATIC] = Counts.of(None, new_tokens), None
     else:
@@ -355,7 +356,7 @@ def decode_speed(
                 else "lockstep"
                 if lockstep
                 else "generate",
-                **({"compile_s": compile_s[config.name]} if compiled else {}),
+                **extras.get(config.name, {}),
             }
         )
     return rows

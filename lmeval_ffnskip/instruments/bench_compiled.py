@@ -1,8 +1,9 @@
 """The bench's compiled paths (``ffnskip bench --compile``).
 
 ``compiled``: each configuration decoded by ``skip.decode.CompiledDecoder`` (static KV cache,
-one compiled step per token) instead of HF ``generate``, timed per step, with the same warm-up
-run and round-robin repetitions as ``bench._generate_runs``; configurations without a device
+one compiled step per token) instead of HF ``generate``, timed per step, after an untimed run
+of the full length (which compiles the steps and plans it needs) and in round-robin repetitions
+as ``bench._generate_runs``; configurations without a device
 form (plain HF, the layer methods) have no compiled row. ``hf-static``: what a user would pick
 instead, plain HF ``generate`` with ``cache_implementation="static"``, which compiles the
 decoding step itself (its ``CompileConfig``; on a CPU only when told to compile on every device),
@@ -30,10 +31,10 @@ def compiles(config: object) -> bool:
 
 def compiled_runs(
     model: nn.Module, batch: dict, configs: list, new_tokens: int, reps: int
-) -> tuple[dict[str, list[list[float]]], dict[str, object], dict[str, None], dict[str, float]]:
+) -> tuple[dict[str, list[list[float]]], dict[str, object], dict[str, None], dict[str, dict[str, object]]]:
     """As ``bench._generate_runs`` (pass times [prefill, step 1, ...] of each repetition, what
-    the engine did in the last, no peak memory), plus the seconds each configuration's first
-    (compiling) run took."""
+    the engine did in the last, no peak memory), plus per configuration the seconds its compiling
+    calls took and how its steps were decoded (``PlanBook.summary``, over every run)."""
     from .bench import Counts, _mark, intervals
 
     cuda = model.device.type == "cuda"
@@ -43,7 +44,7 @@ def compiled_runs(
     decoders = {name: CompiledDecoder(model, engine) for name, engine in engines.items()}
     for name, decoder in decoders.items():
         with _installed(engines[name]):
-            decoder.generate(ids, mask, 8, min_new_tokens=8, eos_token_id=_eos(model))
+            decoder.generate(ids, mask, new_tokens, min_new_tokens=new_tokens, eos_token_id=_eos(model))
     for _ in range(reps):
         for name, decoder in decoders.items():
             engine = engines[name]
@@ -63,7 +64,10 @@ def compiled_runs(
                 )
             runs[name].append(intervals(marks, cuda))
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
-    return runs, counts, dict.fromkeys(runs), {name: d.compile_s for name, d in decoders.items()}
+    extras = {
+        name: {"compile_s": d.compile_s, "compiled_steps": d.plans.summary()} for name, d in decoders.items()
+    }
+    return runs, counts, dict.fromkeys(runs), extras
 
 
 class StepMarks:

@@ -10,6 +10,8 @@ weights are read once either way; ``skip_ratio_pass`` counts the blocks every ro
 After a block the form may measure cos(h, h + block), inside the branch that ran it: fp32 dot
 products, the cosine from them in float64 (the eager engine's ``_measure`` takes the same
 products from a Gram matrix; the sums' order differs, by about 1e-7 in the cosine).
+A step traced for a ``plans.Plan`` has no branch: the blocks every row skips are left out, those
+some rows skip are masked, and the similarities at the plan's layers are returned.
 Outside a step every patched module runs its stock ``forward`` (the eager prefill).
 """
 
@@ -23,6 +25,7 @@ import torch
 from .adapters import FFNSite
 from .device import DeviceForm, State
 from .hooks import Patches
+from .plans import Plan
 
 
 class StepContext:
@@ -34,28 +37,54 @@ class StepContext:
     def __init__(self, form: DeviceForm, n_layers: int) -> None:
         self.form, self.n_layers = form, n_layers
         self.active = False
+        self.plan: Plan | None = None  # set by the host around a planned step's call
         self.state: State = {}
         self.skipped: dict[int, torch.Tensor] = {}
+        self.cosines: dict[int, torch.Tensor] = {}
+        self.checks = tuple(layer for layer in form.layers if form.checks_at(layer))
 
     def begin(self, eligible: torch.Tensor, inputs: dict[str, torch.Tensor]) -> None:
         """Start one step's decisions, from ``eligible`` [batch] and the form's host ``inputs``."""
         self.skipped.clear()
+        self.cosines.clear()
         self.state.clear()
         self.state.update(self.form.start(eligible, inputs))
 
-    def outcome(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """[batch, n_layers] skipped FFN blocks, and [batch] eligible rows that never fired."""
+    def outcome(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[batch, n_layers] skipped FFN blocks, [batch] eligible rows that never fired, and
+        [batch, len(checks)] the similarities at the form's checked layers."""
         none = torch.zeros_like(self.state["eligible"])
         mask = torch.stack([self.skipped.get(i, none) for i in range(self.n_layers)], dim=1)
         never = self.form.never(dict(self.state))
+        cosines = self._taken(self.checks, none)
         self.state.clear()
         self.skipped.clear()
-        return mask, never
+        return mask, never, cosines
+
+    def begin_plan(self, rows: torch.Tensor) -> None:
+        """Start a planned step; ``rows`` [batch, n_layers]: which rows skip which blocks."""
+        self.cosines.clear()
+        self.state["rows"] = rows
+
+    def plan_outcome(self, like: torch.Tensor) -> torch.Tensor:
+        """[batch, len(plan.measured)] the similarities at the plan's layers."""
+        assert self.plan is not None
+        self.state.clear()
+        return self._taken(self.plan.measured, like)
+
+    def _taken(self, layers: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        cosines = [self.cosines[layer] for layer in layers]
+        self.cosines.clear()
+        if not cosines:
+            return torch.zeros(like.shape[0], 0, dtype=torch.float64, device=like.device)
+        return torch.stack(cosines, dim=1)
 
     def block(
         self, site: FFNSite, full: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
     ) -> torch.Tensor:
-        """What layer ``site``'s FFN block adds to ``h``, skipped per row as the form decides."""
+        """What layer ``site``'s FFN block adds to ``h``, skipped per row as the form (or plan) decides."""
+        if self.plan is not None:
+            return self._planned(self.plan, site.index, full, h)
         form, layer = self.form, site.index
         measure = form.checks_at(layer)
         if layer in form.skippable:
@@ -70,6 +99,23 @@ class StepContext:
             cos = cosines(h, out) if measure else None
         if measure:
             self.state.update(form.measured(layer, dict(self.state), cos))
+            self.cosines[layer] = cos
+        return out
+
+    def _planned(
+        self, plan: Plan, layer: int, full: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer ``layer``'s block in a step traced for ``plan`` (no branch)."""
+        if layer in plan.gone:
+            out = torch.zeros_like(h)
+            if layer in plan.measured:
+                self.cosines[layer] = torch.ones(h.shape[0], dtype=torch.float64, device=h.device)
+            return out
+        out = full(h)
+        if layer in plan.masked:
+            out = torch.where(self.state["rows"][:, layer].view(-1, *[1] * (out.dim() - 1)), 0, out)
+        if layer in plan.measured:
+            self.cosines[layer] = cosines(h, out)
         return out
 
 

@@ -2,14 +2,18 @@
 the compiled step.
 
 A static KV cache (transformers' ``StaticCache``, one per batch size and cache length, reset
-between calls), an eager ``prefill`` over the stock modules, and ``decode_one_token``: one
-decoder pass compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, inductor), with the
-rule's device form (``device.py``) deciding per layer inside it (``compiled.py``). Per step the
-host does what the eager engine's pre-hook does (warm-up and eligibility: ``StepCounter``, the
-rule's ``eligible``, on plain lists) and the form's ``inputs``; the step returns the logits, the
-[batch, n_layers] skip mask and the rows that never fired, read after the loop and counted through
-``SkipEngine.record_pass``, so the engine's stats, ledger and history are filled as the eager path
-fills them. ``host_syncs`` stays 0: no decision is read back inside a step.
+between calls), an eager ``prefill`` over the stock modules, and per token one decoder pass
+compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, inductor): either
+``decode_planned_token``, traced for one set of decisions (``plans.Plan``: no branch in the
+step), or ``decode_one_token``, the general step, where the rule's device form (``device.py``)
+decides per layer inside it (``compiled.py``). Per step the host does what the eager engine's
+pre-hook does (warm-up and eligibility: ``StepCounter``, the rule's ``eligible``, on plain lists);
+a rule that decides up front gets its plan from ``begin``, one that reads similarities gets the
+last plan that held as its guess, checked by replaying the rule with the similarities the step
+returned (``plans.replay``); a guess that does not hold is decoded again by the general step.
+Each step's decisions are the replayed record, counted through ``SkipEngine.record_pass``, so the
+engine's stats, ledger and history are filled as the eager path fills them; ``host_syncs``
+counts the steps whose similarities were read back (one read per step).
 
 While a ``CompiledDecoder`` generates, the engine's own hooks are taken off the model and the
 compiled path's patches put on; both are swapped back afterwards.
@@ -27,9 +31,10 @@ from torch import nn
 from transformers import StaticCache
 
 from .compiled import BlockPatches, StepContext
-from .device import MaskedPass
 from .engine import SkipEngine
-from .hf_compat import PassTokens, cache_keyword
+from .hf_compat import PassTokens, cache_keyword, rewind
+from .plans import Plan, PlanBook, replay
+from .rows import PassSkips
 from .rule import FFNRule
 from .settings import SkipPolicy
 
@@ -57,13 +62,32 @@ def decode_one_token(
     cache: StaticCache,
     eligible: torch.Tensor,
     inputs: dict[str, torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One decoding pass: [batch, vocab] fp32 logits, [batch, n_layers] skipped blocks, [batch]
-    eligible rows that never fired. ``mask`` spans the whole static cache."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoding pass, decided inside: [batch, vocab] fp32 logits, [batch, n_layers] skipped
+    blocks, [batch] eligible rows that never fired, [batch, len(ctx.checks)] the similarities at
+    the form's checked layers. ``mask`` spans the whole static cache."""
     ctx.begin(eligible, inputs)
     logits = _last_logits(model, keyword, token, mask, position, slot, cache)
-    skipped, never = ctx.outcome()
-    return logits, skipped, never
+    skipped, never, cosines = ctx.outcome()
+    return logits, skipped, never, cosines
+
+
+def decode_planned_token(
+    model: nn.Module,
+    ctx: StepContext,
+    keyword: str,
+    token: torch.Tensor,
+    position: torch.Tensor,
+    slot: torch.Tensor,
+    mask: torch.Tensor,
+    cache: StaticCache,
+    rows: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding pass traced for ``ctx.plan`` (``rows``: its [batch, n_layers] skips): [batch,
+    vocab] fp32 logits and [batch, len(plan.measured)] the similarities at the plan's layers."""
+    ctx.begin_plan(rows)
+    logits = _last_logits(model, keyword, token, mask, position, slot, cache)
+    return logits, ctx.plan_outcome(logits)
 
 
 def _last_logits(
@@ -120,10 +144,14 @@ class CompiledDecoder:
         self.ctx = StepContext(form, engine.layout.n_layers)
         self.patches = BlockPatches(self.ctx, engine.sites)
         self.keyword = cache_keyword(model)
-        self._step = torch.compile(_own_copy(decode_one_token), fullgraph=True, dynamic=False)
+        self.layers = form.layers  # the hooked layers, in the order the eager engine enters them
+        self.reads = bool(engine.rule.checked)  # its decisions wait for similarities
+        self._step = _compiled_step(decode_one_token)
+        self.plans = PlanBook(lambda: _compiled_step(decode_planned_token))
+        self._rows: dict[Plan, torch.Tensor] = {}
         self._caches: dict[tuple[int, int], StaticCache] = {}
-        self.compile_s = 0.0  # seconds spent in calls that compiled (the first per shape)
-        self._compiled: set[tuple[int, int]] = set()
+        self.compile_s = 0.0  # seconds spent in calls that compiled (the first per step and shape)
+        self._compiled: set[tuple[int, tuple[int, int]]] = set()
 
     @contextmanager
     def _installed(self) -> Iterator[None]:
@@ -176,7 +204,6 @@ class CompiledDecoder:
         )
         pads = bool(eos) and pad_token_id is not None
         engine, rule = self.engine, self.engine.rule
-        steps: list[tuple[PassTokens, list[bool], torch.Tensor, torch.Tensor]] = []
         with self._installed():
             prompt = PassTokens.read((), {"input_ids": ids, "attention_mask": mask})
             engine.steps.since(prompt)  # starts warm-up counting; no prompt token is eligible
@@ -192,11 +219,9 @@ class CompiledDecoder:
                 if t:
                     tokens = _decoding_pass(batch, width + t - 1, [n + t - 1 for n in before])
                     eligible = rule.eligible(engine.steps.since(tokens), tokens.real)
-                    logits, skipped, never = self._run(
-                        out[-1], tokens, full, cache, eligible, self.form.inputs(eligible, tokens.pos)
-                    )
+                    logits, decisions = self._decode(out[-1], tokens, full, cache, eligible)
                     tick()
-                    steps.append((tokens, eligible, skipped, never))
+                    engine.record_pass(tokens, decisions)
                 if t < min_new_tokens and eos:
                     logits[:, eos] = -torch.inf
                 token = logits.argmax(-1, keepdim=True)
@@ -218,46 +243,139 @@ class CompiledDecoder:
                 unfinished = unfinished & ~done
                 if not unfinished.any():
                     break
-        for tokens, eligible, skipped, never in steps:
-            decisions = MaskedPass(eligible, skipped.tolist(), never.tolist()) if any(eligible) else None
-            engine.record_pass(tokens, decisions)
         return torch.cat(out, 1)
 
-    def _run(
+    def _decode(
         self,
         token: torch.Tensor,
         tokens: PassTokens,
         mask: torch.Tensor,
         cache: StaticCache,
         eligible: list[bool],
-        inputs: dict[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One compiled step (timed into ``compile_s`` where it is the first of its shape)."""
+    ) -> tuple[torch.Tensor, PassSkips | None]:
+        """One step's logits and its settled decisions (None: no row eligible): a planned step
+        where the decisions are known (no row eligible; a rule that decides up front) or guessed
+        and then confirmed, else the general step."""
+        rule, book = self.engine.rule, self.plans
+        shape = (tokens.batch, mask.shape[1])
+        args = self._inputs(token, tokens, mask, cache)
+        if not any(eligible) or not self.reads:
+            record = None
+            if any(eligible):
+                found = replay(rule, self.layers, eligible, tokens.pos, {})
+                if found is None:
+                    raise RuntimeError(
+                        f"method={self.engine.policy.method} asked for a similarity outside its "
+                        "checked layers"
+                    )
+                record = found[0]
+            plan = Plan.of(record, ()) if record is not None else Plan(tokens.batch)
+            step = book.step(shape, plan)
+            if step is not None:
+                book.planned += 1
+                return self._planned(step, plan, shape, args)[0], record
+            book.general += 1
+            inputs = self.form.inputs(eligible, tokens.pos)
+            return self._general(shape, args, eligible, inputs)[0], record
+        guess = book.guess(shape)
+        if guess is not None:
+            logits, cosines = self._planned(book.steps[guess], guess, shape, args)
+            found = replay(rule, self.layers, eligible, tokens.pos, self._read(guess.measured, cosines))
+            if found is not None and found[0].skips() == guess.skips:
+                book.planned += 1
+                return logits, found[0]
+            book.discarded += 1
+            book.failed(shape)
+            rewind(cache, tokens.past)
+        book.general += 1
+        inputs = self.form.inputs(eligible, tokens.pos)
+        logits, skipped, never, cosines = self._general(shape, args, eligible, inputs)
+        found = replay(rule, self.layers, eligible, tokens.pos, self._read(self.ctx.checks, cosines))
+        if (
+            found is None
+            or found[0].skips() != _skips(skipped)
+            or sorted(found[0].never_rows()) != _rows(never)
+        ):
+            raise RuntimeError(
+                f"method={self.engine.policy.method}: its device form decided otherwise than its rule "
+                "replayed with the same similarities"
+            )
+        record, read = found
+        plan = Plan.of(record, read)
+        if book.step(shape, plan) is not None:
+            book.held(shape, plan)
+        return logits, record
+
+    def _read(self, layers: tuple[int, ...], cosines: torch.Tensor) -> dict[int, list[float]]:
+        """The similarities a step returned, per layer (one host read)."""
+        if not layers:
+            return {}
+        self.engine.stats.host_syncs += 1
+        return dict(zip(layers, cosines.T.tolist(), strict=True))
+
+    def _inputs(
+        self, token: torch.Tensor, tokens: PassTokens, mask: torch.Tensor, cache: StaticCache
+    ) -> tuple[object, ...]:
+        """The arguments every step takes: model, context, cache keyword, token, position, slot,
+        mask, cache."""
         device = token.device
         position = torch.tensor(tokens.pos, device=device)[:, None]
         slot = torch.tensor([tokens.past], device=device)
-        key = (tokens.batch, mask.shape[1])
+        return (self.model, self.ctx, self.keyword, token, position, slot, mask, cache)
+
+    def _planned(
+        self, step: Callable[..., object], plan: Plan, shape: tuple[int, int], args: tuple[object, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self._rows.get(plan)
+        if rows is None:
+            rows = self._rows[plan] = plan.rows(self.engine.layout.n_layers).to(args[3].device)
+        self.ctx.plan = plan
+        try:
+            return self._timed(step, shape, *args, rows)
+        finally:
+            self.ctx.plan = None
+
+    def _general(
+        self,
+        shape: tuple[int, int],
+        args: tuple[object, ...],
+        eligible: list[bool],
+        inputs: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = args[3].device
+        return self._timed(
+            self._step,
+            shape,
+            *args,
+            torch.tensor(eligible, device=device),
+            {k: v.to(device) for k, v in inputs.items()},
+        )
+
+    def _timed(self, step: Callable[..., object], shape: tuple[int, int], *args: object) -> object:
+        """``step(*args)`` inside a step (timed into ``compile_s`` where it is the first of its shape)."""
+        key = (id(step), shape)
         start = time.perf_counter() if key not in self._compiled else None
         self.ctx.active = True
         try:
-            result = self._step(
-                self.model,
-                self.ctx,
-                self.keyword,
-                token,
-                position,
-                slot,
-                mask,
-                cache,
-                torch.tensor(eligible, device=device),
-                {k: v.to(device) for k, v in inputs.items()},
-            )
+            result = step(*args)
         finally:
             self.ctx.active = False
         if start is not None:
             self.compile_s += time.perf_counter() - start
             self._compiled.add(key)
         return result
+
+
+def _skips(mask: torch.Tensor) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """``PassSkips.skips`` of a [batch, n_layers] mask."""
+    by_layer = mask.T.tolist()
+    return tuple(
+        (layer, tuple(r for r, s in enumerate(rows) if s)) for layer, rows in enumerate(by_layer) if any(rows)
+    )
+
+
+def _rows(flags: torch.Tensor) -> list[int]:
+    return [row for row, flag in enumerate(flags.tolist()) if flag]
 
 
 def _no_clock() -> None:
@@ -268,6 +386,11 @@ def _decoding_pass(batch: int, past: int, before: list[int]) -> PassTokens:
     """A decoding pass of one real token per row over ``past`` cached positions, ``before[row]``
     of them real (what ``PassTokens.read`` finds in ``generate``'s mask)."""
     return PassTokens(batch, 1, past, [True] * batch, list(before), list(before))
+
+
+def _compiled_step(fn: types.FunctionType) -> Callable[..., object]:
+    """``fn`` compiled whole, as its own code object."""
+    return torch.compile(_own_copy(fn), fullgraph=True, dynamic=False)
 
 
 def _own_copy(fn: types.FunctionType) -> types.FunctionType:

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .rows import PassSkips
-
 if TYPE_CHECKING:
     from .rule import FFNRule
 
@@ -65,18 +63,3 @@ class DeviceForm:
     def never(self, state: State) -> torch.Tensor:
         """Eligible rows whose rule never fired in this step."""
         return state["never"]
-
-
-class MaskedPass(PassSkips):
-    """A pass's record rebuilt from what a compiled step returned, for the engine's counters."""
-
-    def __init__(self, eligible: list[bool], mask: list[list[bool]], never: list[bool]) -> None:
-        super().__init__(eligible, len(mask[0]))
-        for layer in range(self.n_layers):
-            rows = [row for row in range(self.n) if mask[row][layer]]
-            if rows:
-                self.skip(layer, rows)
-        self._never = [row for row in self.rows if never[row]]
-
-    def never_rows(self) -> list[int]:
-        return self._never

@@ -131,3 +131,19 @@ class PassTokens:
                 real.append(flag)
                 pos.append(count - 1)
         return cls(batch, length, past, real, pos, before)
+
+
+def rewind(cache: Cache, length: int) -> None:
+    """Make ``cache``'s next write land at position ``length`` (a step decoded again at the same
+    position). From transformers 5.x's later releases a static layer writes where its own tensor
+    counter ``cumulative_length`` says, not at the ``cache_position`` it is given; earlier
+    releases' static layers have no counter and write at ``cache_position``."""
+    for index, layer in enumerate(cache.layers):
+        counter = getattr(layer, "cumulative_length", None)
+        if isinstance(counter, torch.Tensor):
+            counter.fill_(length)
+        elif counter is not None:
+            raise IncompatibleTransformers(
+                f"static cache layer {index} ({type(layer).__name__}) counts its length as "
+                f"{type(counter).__name__}, so a step cannot be decoded again at the same position"
+            )
