@@ -293,8 +293,8 @@ class CompiledDecoder:
         found = replay(rule, self.layers, eligible, tokens.pos, self._read(self.ctx.checks, cosines))
         if (
             found is None
-            or found[0].skips() != _skips(skipped)
-            or sorted(found[0].never_rows()) != _rows(never)
+            or not torch.equal(found[0].mask(), skipped.cpu())
+            or sorted(found[0].never_rows()) != never.nonzero().flatten().tolist()
         ):
             raise RuntimeError(
                 f"method={self.engine.policy.method}: its device form decided otherwise than its rule "
@@ -364,18 +364,6 @@ class CompiledDecoder:
             self.compile_s += time.perf_counter() - start
             self._compiled.add(key)
         return result
-
-
-def _skips(mask: torch.Tensor) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    """``PassSkips.skips`` of a [batch, n_layers] mask."""
-    by_layer = mask.T.tolist()
-    return tuple(
-        (layer, tuple(r for r, s in enumerate(rows) if s)) for layer, rows in enumerate(by_layer) if any(rows)
-    )
-
-
-def _rows(flags: torch.Tensor) -> list[int]:
-    return [row for row, flag in enumerate(flags.tolist()) if flag]
 
 
 def _no_clock() -> None:

@@ -12,7 +12,7 @@ Whether a planned step computed what the eager engine would have is found on the
 ``measured``, in the eager engine's order) driven with the similarities the step returned. Where
 the replayed decisions equal the plan's, every similarity the rule read was taken on the path the
 eager engine takes, so the step is exact; else it is discarded and the token decoded again by the
-general step, which decides inside (``PlanBook.misses`` counts those).
+general step, which decides inside (``PlanBook.discarded`` counts those).
 """
 
 from __future__ import annotations
