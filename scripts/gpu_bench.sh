@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA benches of docs/speed.md in one command, for a lent GPU machine (budget: 6 minutes on
-# an H200; untested on CUDA so far, so every bench has its own time limit and JSON, and a bench
-# that fails or runs out of time loses only its own file):
+# an H200). Untested on CUDA so far (there the compiled path captures its planned steps as CUDA
+# graphs, or says why not in each row's compiled_steps.cuda_graphs), so every bench has its own
+# time limit and JSON, and a bench that fails or runs out of time loses only its own file:
 #   1. the Llama-2-7B shape in bf16, batch 1, all paths side by side (--compile): plain HF (eager),
 #      hf-static (HF's own static cache + compiled generate), our eager engine and our compiled
 #      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound;

@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from lmeval_ffnskip.skip.decode import CompiledDecoder, _own_copy, decode_one_token
+from lmeval_ffnskip.skip import decode
+from lmeval_ffnskip.skip.decode import CompiledDecoder, _own_copy, decode_one_token, graph_refusal
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.plans import Plan
 from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
@@ -96,7 +97,7 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
     for want, have in zip(eager.history, compiled.history, strict=True):
         assert torch.equal(want, have)
     summary, mine = eager.stats.summary(), compiled.stats.summary()
-    steps = decoder.plans.summary()
+    steps = decoder.summary()
     reads = policy.method in ("ffnskip", "spread")
     # a rule that reads similarities: one read per step with eligible rows, one more per discarded guess
     assert mine.pop("host_syncs") == (mine["passes"] + steps["discarded_steps"] if reads else 0)
@@ -132,6 +133,51 @@ def test_a_guess_that_fails_is_decoded_again(model: torch.nn.Module) -> None:
     assert torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where inductor refuses to capture a planned step as a CUDA graph (as it raises under
+    ``GRAPH_OPTIONS``, wrapped by dynamo), the step runs compiled without one, every later plan
+    too, and the decoder's summary gives the reason; tokens and masks stay the eager engine's."""
+    reason = "skipping cudagraphs due to mutated inputs (1 instances)"
+    compiled_step = decode._compiled_step
+
+    def refusing(fn: object, graphs: bool = False) -> object:
+        if not graphs:
+            return compiled_step(fn)
+
+        def step(*args: object) -> None:
+            inner = RuntimeError(reason)
+            raise torch._dynamo.exc.BackendCompilerFailed(step, inner, None) from inner
+
+        return step
+
+    monkeypatch.setattr(decode, "_compiled_step", refusing)
+    policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
+    with attach(model, policy, record=True) as eager:
+        want = generate_fixed(model, batch, NEW)
+    with attach(model, policy, record=True) as engine:
+        decoder = CompiledDecoder(model, engine)
+        assert decoder.summary()["cuda_graphs"] == "off: decoding on cpu"
+        decoder.graphs = True  # as on CUDA
+        have = decoder.generate(
+            batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
+        )
+    summary = decoder.summary()
+    assert summary["cuda_graphs"] == f"off: {reason}" and not decoder.graphs
+    assert summary["planned_steps"] > 0 and summary["plans_compiled"] == 2  # no skips, then the rule's
+    assert torch.equal(want, have)
+    for a, b in zip(eager.history, engine.history, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_graph_refusal_is_told_from_other_errors() -> None:
+    inner = RuntimeError("skipping cudagraphs due to cpu device")
+    wrapped = torch._dynamo.exc.BackendCompilerFailed(print, inner, None)
+    wrapped.__cause__ = inner
+    assert graph_refusal(wrapped) == "skipping cudagraphs due to cpu device"
+    assert graph_refusal(RuntimeError("shape mismatch")) is None
+    assert graph_refusal(ValueError("cudagraph")) is None
 
 
 @pytest.mark.parametrize("method", ["shortgpt", "skipdecode"])

@@ -274,7 +274,7 @@ class FFNSkipLM(HFLM):
             # generate_until on the compiled path: the seconds its compiling calls took
             "compile_s": None if self.decoder is None else self.decoder.compile_s,
             # and how its steps were decoded (skip/plans.py): planned, general, discarded
-            "compiled_steps": None if self.decoder is None else self.decoder.plans.summary(),
+            "compiled_steps": None if self.decoder is None else self.decoder.summary(),
         }
         return info
 

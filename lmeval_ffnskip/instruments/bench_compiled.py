@@ -64,9 +64,7 @@ def compiled_runs(
                 )
             runs[name].append(intervals(marks, cuda))
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
-    extras = {
-        name: {"compile_s": d.compile_s, "compiled_steps": d.plans.summary()} for name, d in decoders.items()
-    }
+    extras = {name: {"compile_s": d.compile_s, "compiled_steps": d.summary()} for name, d in decoders.items()}
     return runs, counts, dict.fromkeys(runs), extras
 
 

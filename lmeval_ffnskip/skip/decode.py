@@ -21,6 +21,7 @@ compiled path's patches put on; both are swapped back afterwards.
 
 from __future__ import annotations
 
+import logging
 import time
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,11 @@ from .rule import FFNRule
 from .settings import SkipPolicy
 
 CACHE_BLOCK = 256  # static caches are sized in multiples of this, so that lengths share a compile
+# a planned step on CUDA is captured as a CUDA graph (what ``mode="reduce-overhead"`` does);
+# inductor raises where it would skip capturing one, so that the reason reaches the results
+GRAPH_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
+
+log = logging.getLogger(__name__)
 
 
 def prefill(
@@ -147,11 +153,20 @@ class CompiledDecoder:
         self.layers = form.layers  # the hooked layers, in the order the eager engine enters them
         self.reads = bool(engine.rule.checked)  # its decisions wait for similarities
         self._step = _compiled_step(decode_one_token)
-        self.plans = PlanBook(lambda: _compiled_step(decode_planned_token))
+        # planned steps have no branch and no host read, so on CUDA each is one CUDA graph
+        # (the general step's branches are read on the host: inductor alone)
+        self.graphs = model.device.type == "cuda"
+        self.cuda_graphs = "planned steps" if self.graphs else f"off: decoding on {model.device.type}"
+        self.plans = PlanBook(lambda: _compiled_step(decode_planned_token, self.graphs))
         self._rows: dict[Plan, torch.Tensor] = {}
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self.compile_s = 0.0  # seconds spent in calls that compiled (the first per step and shape)
         self._compiled: set[tuple[int, tuple[int, int]]] = set()
+
+    def summary(self) -> dict[str, object]:
+        """How this decoder's steps were decoded (``PlanBook.summary``) and where its planned steps
+        ran as CUDA graphs (``cuda_graphs``: ``planned steps``, or ``off: <why>``)."""
+        return {**self.plans.summary(), "cuda_graphs": self.cuda_graphs}
 
     @contextmanager
     def _installed(self) -> Iterator[None]:
@@ -331,9 +346,28 @@ class CompiledDecoder:
             rows = self._rows[plan] = plan.rows(self.engine.layout.n_layers).to(args[3].device)
         self.ctx.plan = plan
         try:
-            return self._timed(step, shape, *args, rows)
+            if not self.graphs:
+                return self._timed(step, shape, *args, rows)
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
+            try:
+                # a graph refused when called (a mutated input, too many re-recordings) raises too
+                with torch._inductor.config.patch(GRAPH_OPTIONS):
+                    return self._timed(step, shape, *args, rows)
+            except RuntimeError as error:
+                if (reason := graph_refusal(error)) is None:
+                    raise
+            self._without_graphs(reason)
+            rewind(args[7], int(args[5]))  # nothing ran; the cache's counters as the step found them
+            return self._timed(self.plans.steps[plan], shape, *args, rows)
         finally:
             self.ctx.plan = None
+
+    def _without_graphs(self, reason: str) -> None:
+        """Inductor refused to capture a planned step as a CUDA graph: every planned step from
+        now on is compiled without, and ``reason`` goes into ``summary()``."""
+        log.warning("compiled decoding: planned steps run without CUDA graphs: %s", reason)
+        self.graphs, self.cuda_graphs = False, f"off: {reason}"
+        self.plans.steps = {plan: _compiled_step(decode_planned_token) for plan in self.plans.steps}
 
     def _general(
         self,
@@ -357,13 +391,12 @@ class CompiledDecoder:
         start = time.perf_counter() if key not in self._compiled else None
         self.ctx.active = True
         try:
-            result = step(*args)
+            return step(*args)
         finally:
             self.ctx.active = False
-        if start is not None:
-            self.compile_s += time.perf_counter() - start
-            self._compiled.add(key)
-        return result
+            if start is not None:  # a call that failed compiling counts too
+                self.compile_s += time.perf_counter() - start
+                self._compiled.add(key)
 
 
 def _no_clock() -> None:
@@ -376,9 +409,21 @@ def _decoding_pass(batch: int, past: int, before: list[int]) -> PassTokens:
     return PassTokens(batch, 1, past, [True] * batch, list(before), list(before))
 
 
-def _compiled_step(fn: types.FunctionType) -> Callable[..., object]:
-    """``fn`` compiled whole, as its own code object."""
-    return torch.compile(_own_copy(fn), fullgraph=True, dynamic=False)
+def graph_refusal(error: BaseException) -> str | None:
+    """Inductor's reason for not capturing a CUDA graph, where ``error`` (or what raised it: dynamo
+    wraps a compiler's errors) is that refusal (``GRAPH_OPTIONS``), else None."""
+    while error is not None:
+        if type(error) is RuntimeError and "cudagraph" in str(error):
+            return str(error).strip()
+        error = error.__cause__ or getattr(error, "inner_exception", None)
+    return None
+
+
+def _compiled_step(fn: types.FunctionType, graphs: bool = False) -> Callable[..., object]:
+    """``fn`` compiled whole, as its own code object (``graphs``: captured as a CUDA graph)."""
+    return torch.compile(
+        _own_copy(fn), fullgraph=True, dynamic=False, options=GRAPH_OPTIONS if graphs else None
+    )
 
 
 def _own_copy(fn: types.FunctionType) -> types.FunctionType:
