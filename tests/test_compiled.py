@@ -171,6 +171,25 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
         assert torch.equal(a, b)
 
 
+def test_a_changed_model_is_compiled_anew() -> None:
+    """The compiled steps do not guard the model's modules; a model changed between two
+    generations (here a hook that negates the final norm's output, which dynamo's module guards
+    would have seen) is noticed by ``generate`` and its steps compiled again: the second
+    generation gives the eager engine's tokens with the hook."""
+    model = tiny_model("llama", n_layers=4)
+    policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
+    args = (batch["input_ids"], batch["attention_mask"], NEW)
+    with attach(model, policy) as engine:
+        decoder = CompiledDecoder(model, engine)
+        before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
+        model.model.norm.register_forward_hook(lambda module, inputs, out: -out)
+        have = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
+    with attach(model, policy):
+        want = generate_fixed(model, batch, NEW)
+    assert not torch.equal(want, before)  # the hook changes the tokens
+    assert torch.equal(want, have)
+
+
 def test_graph_refusal_is_told_from_other_errors() -> None:
     inner = RuntimeError("skipping cudagraphs due to cpu device")
     wrapped = torch._dynamo.exc.BackendCompilerFailed(print, inner, None)

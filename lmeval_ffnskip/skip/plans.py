@@ -121,6 +121,10 @@ class PlanBook:
         self._last[shape] = plan
         return step
 
+    def renew(self) -> None:
+        """Every plan's step compiled anew (``compile_step`` again) at its next call."""
+        self.steps = {plan: self._compile_step() for plan in self.steps}
+
     def guess(self, shape: object) -> Plan | None:
         return self._guess.get(shape)
 
