@@ -215,3 +215,10 @@ def test_sliding_window_models_refused() -> None:
 
 def test_each_decoder_compiles_its_own_code() -> None:
     assert _own_copy(decode_one_token).__code__ is not _own_copy(decode_one_token).__code__
+
+
+def test_every_step_is_compiled_without_module_guards() -> None:
+    """torch.compile pops ``guard_filter_fn`` from the options it is given: each step gets its own."""
+    for _ in range(2):
+        decode._compiled_step(decode_one_token)
+    assert decode.GUARD_OPTIONS["guard_filter_fn"] is torch.compiler.skip_guard_on_all_nn_modules_unsafe

@@ -16,7 +16,11 @@ engine's stats, ledger and history are filled as the eager path fills them; ``ho
 counts the steps whose similarities were read back (one read per step).
 
 While a ``CompiledDecoder`` generates, the engine's own hooks are taken off the model and the
-compiled path's patches put on; both are swapped back afterwards.
+compiled path's patches put on; both are swapped back afterwards. The compiled steps carry no
+guards on the model's modules (``GUARD_OPTIONS``): each ``generate`` compares the model with what
+its steps were compiled for (``model_state``) and compiles them anew where it changed. On CUDA a
+planned step runs as a CUDA graph, or, where inductor refuses one, without, the reason kept
+(``summary``).
 """
 
 from __future__ import annotations
@@ -430,9 +434,10 @@ def _decoding_pass(batch: int, past: int, before: list[int]) -> PassTokens:
 
 
 def model_state(model: nn.Module) -> tuple[object, ...]:
-    """What the guards the compiled steps drop would check (``GUARD_OPTIONS``): each module's
-    identity, mode, own ``forward`` and hooks, each parameter's and buffer's identity, dtype,
-    device and shape, and the attention implementation the config names."""
+    """Of what the guards the compiled steps drop (``GUARD_OPTIONS``) would check, what users and
+    libraries change on a loaded model: each module's identity, mode, own ``forward`` (accelerate
+    puts one there) and hooks, each parameter's and buffer's identity, dtype, device and shape,
+    and the attention implementation the config names."""
     modules = tuple(
         (id(m), m.training, id(vars(m).get("forward")), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
         for m in model.modules()
@@ -456,7 +461,8 @@ def graph_refusal(error: BaseException) -> str | None:
 def _compiled_step(fn: types.FunctionType, graphs: bool = False) -> Callable[..., object]:
     """``fn`` compiled whole, as its own code object, without guards on the model's modules
     (``graphs``: captured as a CUDA graph)."""
-    options = {**GUARD_OPTIONS, **GRAPH_OPTIONS} if graphs else GUARD_OPTIONS
+    # a new dict each time: torch.compile pops ``guard_filter_fn`` from the one it is given
+    options = {**GUARD_OPTIONS, **(GRAPH_OPTIONS if graphs else {})}
     return torch.compile(_own_copy(fn), fullgraph=True, dynamic=False, options=options)
 
 
