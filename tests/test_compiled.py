@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from lmeval_ffnskip.skip import decode
-from lmeval_ffnskip.skip.decode import CompiledDecoder, _own_copy, decode_one_token, graph_refusal
+from lmeval_ffnskip.skip import compiling, decode
+from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
+from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.plans import Plan
 from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
@@ -140,19 +141,18 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
     ``GRAPH_OPTIONS``, wrapped by dynamo), the step runs compiled without one, every later plan
     too, and the decoder's summary gives the reason; tokens and masks stay the eager engine's."""
     reason = "skipping cudagraphs due to mutated inputs (1 instances)"
-    compiled_step = decode._compiled_step
+    compiled_step = decode.compiled_step
 
     def refusing(fn: object, graphs: bool = False) -> object:
         if not graphs:
             return compiled_step(fn)
 
         def step(*args: object) -> None:
-            inner = RuntimeError(reason)
-            raise torch._dynamo.exc.BackendCompilerFailed(step, inner, None) from inner
+            raise _as_torch_raises(RuntimeError(reason))
 
         return step
 
-    monkeypatch.setattr(decode, "_compiled_step", refusing)
+    monkeypatch.setattr(decode, "compiled_step", refusing)
     policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
@@ -174,29 +174,45 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
 def test_a_changed_model_is_compiled_anew() -> None:
     """The compiled steps do not guard the model's modules; a model changed between two
     generations (here a hook that negates the final norm's output, which dynamo's module guards
-    would have seen) is noticed by ``generate`` and its steps compiled again: the second
-    generation gives the eager engine's tokens with the hook."""
+    would have seen) is noticed by ``generate`` and its steps compiled again: the next
+    generation gives the eager engine's tokens with the hook. An unchanged model is not compiled
+    again; a replaced module (which the path's patches are not on) is refused."""
     model = tiny_model("llama", n_layers=4)
     policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
     args = (batch["input_ids"], batch["attention_mask"], NEW)
     with attach(model, policy) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
+        step = decoder._step
+        assert torch.equal(decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1), before)
+        assert decoder._step is step  # unchanged: not compiled again
         model.model.norm.register_forward_hook(lambda module, inputs, out: -out)
         have = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
+        assert decoder._step is not step
+        layer = model.model.layers[1]
+        mlp, layer.mlp = layer.mlp, type(layer.mlp)(model.config)
+        with pytest.raises(RuntimeError, match="attach the engine again"):
+            decoder.generate(*args)
+        layer.mlp = mlp
     with attach(model, policy):
         want = generate_fixed(model, batch, NEW)
     assert not torch.equal(want, before)  # the hook changes the tokens
     assert torch.equal(want, have)
 
 
+def _as_torch_raises(error: Exception) -> Exception:
+    """``error`` raised in inductor, as it reaches dynamo's caller: ``InductorError`` inside
+    ``BackendCompilerFailed``, raised ``from None``."""
+    inductor = torch._inductor.exc.InductorError(error, None)
+    return torch._dynamo.exc.BackendCompilerFailed(print, inductor, None)
+
+
 def test_graph_refusal_is_told_from_other_errors() -> None:
-    inner = RuntimeError("skipping cudagraphs due to cpu device")
-    wrapped = torch._dynamo.exc.BackendCompilerFailed(print, inner, None)
-    wrapped.__cause__ = inner
-    assert graph_refusal(wrapped) == "skipping cudagraphs due to cpu device"
-    assert graph_refusal(RuntimeError("shape mismatch")) is None
-    assert graph_refusal(ValueError("cudagraph")) is None
+    refusal = RuntimeError("skipping cudagraphs due to cpu device\nstack: ...")
+    assert graph_refusal(_as_torch_raises(refusal)) == "skipping cudagraphs due to cpu device"
+    assert graph_refusal(refusal) == "skipping cudagraphs due to cpu device"
+    assert graph_refusal(_as_torch_raises(RuntimeError("shape mismatch, not a cudagraph"))) is None
+    assert graph_refusal(ValueError("skipping cudagraphs")) is None
 
 
 @pytest.mark.parametrize("method", ["shortgpt", "skipdecode"])
@@ -214,11 +230,21 @@ def test_sliding_window_models_refused() -> None:
 
 
 def test_each_decoder_compiles_its_own_code() -> None:
-    assert _own_copy(decode_one_token).__code__ is not _own_copy(decode_one_token).__code__
+    assert own_copy(decode_one_token).__code__ is not own_copy(decode_one_token).__code__
 
 
-def test_every_step_is_compiled_without_module_guards() -> None:
-    """torch.compile pops ``guard_filter_fn`` from the options it is given: each step gets its own."""
-    for _ in range(2):
-        decode._compiled_step(decode_one_token)
-    assert decode.GUARD_OPTIONS["guard_filter_fn"] is torch.compiler.skip_guard_on_all_nn_modules_unsafe
+def test_every_step_is_compiled_without_module_guards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each step is compiled with the module-guard filter (torch.compile pops ``guard_filter_fn``
+    from the options it is given, so a shared dict would filter only the first)."""
+    given: list[dict] = []
+
+    def compile(fn: object, **kwargs: object) -> object:
+        given.append(dict(kwargs["options"]))
+        kwargs["options"].pop("guard_filter_fn")  # as torch.compile does
+        return fn
+
+    monkeypatch.setattr(torch, "compile", compile)
+    compiling.compiled_step(decode_one_token)
+    compiling.compiled_step(decode_one_token, graphs=True)
+    assert [options["guard_filter_fn"] for options in given] == [GUARD_FILTER] * 2
+    assert given[1]["triton.cudagraphs"] and "triton.cudagraphs" not in given[0]

@@ -34,7 +34,7 @@ def compiled_runs(
 ) -> tuple[dict[str, list[list[float]]], dict[str, object], dict[str, None], dict[str, dict[str, object]]]:
     """As ``bench._generate_runs`` (pass times [prefill, step 1, ...] of each repetition, what
     the engine did in the last, no peak memory), plus per configuration the seconds its compiling
-    calls took and how its steps were decoded (``PlanBook.summary``, over every run)."""
+    calls took and how its steps were decoded (``CompiledDecoder.summary``, over every run)."""
     from .bench import Counts, _mark, intervals
 
     cuda = model.device.type == "cuda"

@@ -2,8 +2,8 @@
 the compiled step.
 
 A static KV cache (transformers' ``StaticCache``, one per batch size and cache length, reset
-between calls), an eager ``prefill`` over the stock modules, and per token one decoder pass
-compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, inductor): either
+between calls, made anew where the model changed), an eager ``prefill`` over the stock modules,
+and per token one decoder pass compiled whole (``compiling.compiled_step``, inductor): either
 ``decode_planned_token``, traced for one set of decisions (``plans.Plan``: no branch in the
 step), or ``decode_one_token``, the general step, where the rule's device form (``device.py``)
 decides per layer inside it (``compiled.py``). Per step the host does what the eager engine's
@@ -17,18 +17,16 @@ counts the steps whose similarities were read back (one read per step).
 
 While a ``CompiledDecoder`` generates, the engine's own hooks are taken off the model and the
 compiled path's patches put on; both are swapped back afterwards. The compiled steps carry no
-guards on the model's modules (``GUARD_OPTIONS``): each ``generate`` compares the model with what
-its steps were compiled for (``model_state``) and compiles them anew where it changed. On CUDA a
+guards on the model's modules (``compiling.py``): each ``generate`` compares the model with what
+its steps were compiled for (``ModelState``) and compiles them anew where it changed. On CUDA a
 planned step runs as a CUDA graph, or, where inductor refuses one, without, the reason kept
 (``summary``).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -37,6 +35,7 @@ from torch import nn
 from transformers import StaticCache
 
 from .compiled import BlockPatches, StepContext
+from .compiling import REFUSALS_RAISE, ModelState, compiled_step, graph_refusal
 from .engine import SkipEngine
 from .hf_compat import PassTokens, cache_keyword, rewind
 from .plans import Plan, PlanBook, replay
@@ -45,14 +44,6 @@ from .rule import FFNRule
 from .settings import SkipPolicy
 
 CACHE_BLOCK = 256  # static caches are sized in multiples of this, so that lengths share a compile
-# a planned step on CUDA is captured as a CUDA graph (what ``mode="reduce-overhead"`` does);
-# inductor raises where it would skip capturing one, so that the reason reaches the results
-GRAPH_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
-# dynamo's guards on the model's modules (about 7,000 of a planned step's 8,500 guard entries on
-# the thin Llama-2-7B shape) cost that launch-bound step 0.4-0.8 ms of about 2; the compiled steps
-# drop them, and ``model_state``, compared once per ``generate``, recompiles where what they
-# would have checked changed
-GUARD_OPTIONS = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +153,24 @@ class CompiledDecoder:
         self.keyword = cache_keyword(model)
         self.layers = form.layers  # the hooked layers, in the order the eager engine enters them
         self.reads = bool(engine.rule.checked)  # its decisions wait for similarities
-        self._step = _compiled_step(decode_one_token)
-        self._model_state: tuple[object, ...] | None = None  # as the compiled steps saw it
+        self._step = compiled_step(decode_one_token)
+        self._model: ModelState | None = None  # the model as the compiled steps saw it
         # planned steps have no branch and no host read, so on CUDA each is one CUDA graph
         # (the general step's branches are read on the host: inductor alone)
+        self._refused: str | None = None  # inductor's reason for refusing a planned step's graph
         self.graphs = model.device.type == "cuda"
-        self.cuda_graphs = "planned steps" if self.graphs else f"off: decoding on {model.device.type}"
-        self.plans = PlanBook(lambda: _compiled_step(decode_planned_token, self.graphs))
+        self.plans = PlanBook(lambda: compiled_step(decode_planned_token, self.graphs))
         self._rows: dict[Plan, torch.Tensor] = {}
         self._caches: dict[tuple[int, int], StaticCache] = {}
         self.compile_s = 0.0  # seconds spent in calls that compiled (the first per step and shape)
-        self._compiled: set[tuple[int, tuple[int, int]]] = set()
+        self._compiled: set[tuple[Callable[..., object], tuple[int, int]]] = set()
+
+    @property
+    def cuda_graphs(self) -> str:
+        """Where planned steps run as CUDA graphs: ``planned steps``, or ``off: <why>``."""
+        if self.graphs:
+            return "planned steps"
+        return f"off: {self._refused or f'decoding on {self.model.device.type}'}"
 
     def summary(self) -> dict[str, object]:
         """How this decoder's steps were decoded (``PlanBook.summary``) and where its planned steps
@@ -273,16 +271,25 @@ class CompiledDecoder:
         return torch.cat(out, 1)
 
     def _check_model(self) -> None:
-        """Compile every step anew, and make new caches, where the model is not as the compiled
-        steps saw it (they do not guard its modules: ``GUARD_OPTIONS``)."""
-        state = model_state(self.model)
-        if self._model_state is not None and state != self._model_state:
-            log.info("compiled decoding: the model changed since its steps were compiled; recompiling")
-            self._step = _compiled_step(decode_one_token)
-            self.plans.renew()
-            self._compiled.clear()
-            self._caches.clear()
-        self._model_state = state
+        """Compile every step anew, with new caches, where the model is not as the compiled steps
+        saw it (they do not guard its modules: ``compiling.py``); RuntimeError where its modules
+        are not the ones this path was attached to (its patches are on those)."""
+        state, seen = ModelState.of(self.model), self._model
+        if seen is not None and not state.same_modules(seen):
+            raise RuntimeError(
+                "the model's modules changed since the compiled decoding path was attached to it; "
+                "attach the engine again"
+            )
+        self._model = state
+        if seen is None or state.matches(seen):
+            return
+        log.info("compiled decoding: the model changed since its steps were compiled; recompiling")
+        self.graphs = self._refused is None and self.model.device.type == "cuda"
+        self._step = compiled_step(decode_one_token)
+        self.plans.renew()
+        self._compiled.clear()
+        self._caches.clear()
+        self._rows.clear()
 
     def _decode(
         self,
@@ -309,16 +316,15 @@ class CompiledDecoder:
                     )
                 record = found[0]
             plan = Plan.of(record, ()) if record is not None else Plan(tokens.batch)
-            step = book.step(shape, plan)
-            if step is not None:
+            if book.step(shape, plan) is not None:
                 book.planned += 1
-                return self._planned(step, plan, shape, args)[0], record
+                return self._planned(plan, shape, args)[0], record
             book.general += 1
             inputs = self.form.inputs(eligible, tokens.pos)
             return self._general(shape, args, eligible, inputs)[0], record
         guess = book.guess(shape)
         if guess is not None:
-            logits, cosines = self._planned(book.steps[guess], guess, shape, args)
+            logits, cosines = self._planned(guess, shape, args)
             found = replay(rule, self.layers, eligible, tokens.pos, self._read(guess.measured, cosines))
             if found is not None and found[0].skips() == guess.skips:
                 book.planned += 1
@@ -363,35 +369,40 @@ class CompiledDecoder:
         return (self.model, self.ctx, self.keyword, token, position, slot, mask, cache)
 
     def _planned(
-        self, step: Callable[..., object], plan: Plan, shape: tuple[int, int], args: tuple[object, ...]
+        self, plan: Plan, shape: tuple[int, int], args: tuple[object, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``plan``'s step: [batch, vocab] logits and [batch, len(plan.measured)] similarities (a
+        CUDA graph where ``graphs``; a refused one compiled again without and run)."""
         rows = self._rows.get(plan)
         if rows is None:
             rows = self._rows[plan] = plan.rows(self.engine.layout.n_layers).to(args[3].device)
         self.ctx.plan = plan
         try:
-            if not self.graphs:
-                return self._timed(step, shape, *args, rows)
-            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
-            try:
-                # a graph refused when called (a mutated input, too many re-recordings) raises too
-                with torch._inductor.config.patch(GRAPH_OPTIONS):
-                    return self._timed(step, shape, *args, rows)
-            except RuntimeError as error:
-                if (reason := graph_refusal(error)) is None:
-                    raise
-            self._without_graphs(reason)
-            rewind(args[7], int(args[5]))  # nothing ran; the cache's counters as the step found them
+            step = self.plans.steps[plan]
+            if self.graphs and (out := self._graph_call(step, shape, *args, rows)) is not None:
+                return out
             return self._timed(self.plans.steps[plan], shape, *args, rows)
         finally:
             self.ctx.plan = None
 
-    def _without_graphs(self, reason: str) -> None:
-        """Inductor refused to capture a planned step as a CUDA graph: every planned step from
-        now on is compiled without, and ``reason`` goes into ``summary()``."""
-        log.warning("compiled decoding: planned steps run without CUDA graphs: %s", reason)
-        self.graphs, self.cuda_graphs = False, f"off: {reason}"
-        self.plans.renew()
+    def _graph_call(
+        self, step: Callable[..., object], shape: tuple[int, int], *args: object
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``step(*args)`` as a CUDA graph, its outputs copied out of the graph's memory (the next
+        replay writes there); None where inductor refused the graph, which it does before the step
+        runs: every planned step is then compiled without, the reason in ``summary()``."""
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been read
+        try:
+            with torch._inductor.config.patch(REFUSALS_RAISE):
+                logits, cosines = self._timed(step, shape, *args)
+        except RuntimeError as error:
+            if (reason := graph_refusal(error)) is None:
+                raise
+            log.warning("compiled decoding: planned steps run without CUDA graphs: %s", reason)
+            self.graphs, self._refused = False, reason
+            self.plans.renew()
+            return None
+        return logits.clone(), cosines.clone()
 
     def _general(
         self,
@@ -411,7 +422,7 @@ class CompiledDecoder:
 
     def _timed(self, step: Callable[..., object], shape: tuple[int, int], *args: object) -> object:
         """``step(*args)`` inside a step (timed into ``compile_s`` where it is the first of its shape)."""
-        key = (id(step), shape)
+        key = (step, shape)
         start = time.perf_counter() if key not in self._compiled else None
         self.ctx.active = True
         try:
@@ -431,44 +442,3 @@ def _decoding_pass(batch: int, past: int, before: list[int]) -> PassTokens:
     """A decoding pass of one real token per row over ``past`` cached positions, ``before[row]``
     of them real (what ``PassTokens.read`` finds in ``generate``'s mask)."""
     return PassTokens(batch, 1, past, [True] * batch, list(before), list(before))
-
-
-def model_state(model: nn.Module) -> tuple[object, ...]:
-    """Of what the guards the compiled steps drop (``GUARD_OPTIONS``) would check, what users and
-    libraries change on a loaded model: each module's identity, mode, own ``forward`` (accelerate
-    puts one there) and hooks, each parameter's and buffer's identity, dtype, device and shape,
-    and the attention implementation the config names."""
-    modules = tuple(
-        (id(m), m.training, id(vars(m).get("forward")), tuple(m._forward_hooks), tuple(m._forward_pre_hooks))
-        for m in model.modules()
-    )
-    tensors = tuple(
-        (id(t), t.dtype, t.device, t.shape) for t in itertools.chain(model.parameters(), model.buffers())
-    )
-    return modules, tensors, getattr(model.config, "_attn_implementation", None)
-
-
-def graph_refusal(error: BaseException) -> str | None:
-    """Inductor's reason for not capturing a CUDA graph, where ``error`` (or what raised it: dynamo
-    wraps a compiler's errors) is that refusal (``GRAPH_OPTIONS``), else None."""
-    while error is not None:
-        if type(error) is RuntimeError and "cudagraph" in str(error):
-            return str(error).strip()
-        error = error.__cause__ or getattr(error, "inner_exception", None)
-    return None
-
-
-def _compiled_step(fn: types.FunctionType, graphs: bool = False) -> Callable[..., object]:
-    """``fn`` compiled whole, as its own code object, without guards on the model's modules
-    (``graphs``: captured as a CUDA graph)."""
-    # a new dict each time: torch.compile pops ``guard_filter_fn`` from the one it is given
-    options = {**GUARD_OPTIONS, **(GRAPH_OPTIONS if graphs else {})}
-    return torch.compile(_own_copy(fn), fullgraph=True, dynamic=False, options=options)
-
-
-def _own_copy(fn: types.FunctionType) -> types.FunctionType:
-    """``fn`` with its own code object: dynamo keeps compiled code per code object, up to
-    ``recompile_limit`` entries, and each decoder's guards (its context and form) differ."""
-    return types.FunctionType(
-        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-    )
