@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The CUDA benches of docs/speed.md in one command, for a lent GPU machine (budget: 6 minutes on
-# an H200). Untested on CUDA so far (there the compiled path captures its planned steps as CUDA
-# graphs, or says why not in each row's compiled_steps.cuda_graphs), so every bench has its own
-# time limit and JSON, and a bench that fails or runs out of time loses only its own file:
+# The CUDA benches of docs/speed.md in one command, for a lent GPU machine (7 minutes of time
+# limits on an H200). Untested on CUDA so far (there the compiled path captures its planned steps
+# as CUDA graphs, or says why not in each row's compiled_steps.cuda_graphs), so every step has its
+# own time limit and output, and one that fails or runs out of time loses only its own file:
+#   0. scripts/gpu_check.py: the compiled path's masks and counters against the eager engine's;
 #   1. the Llama-2-7B shape in bf16, batch 1, all paths side by side (--compile): plain HF (eager),
 #      hf-static (HF's own static cache + compiled generate), our eager engine and our compiled
 #      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound;
@@ -29,6 +30,9 @@ bench() {  # NAME LIMIT_S ARGS...: one bench, its JSON and log under $OUT
     --reps 3 --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
   echo "$name: exit $? ($(grep -c . "$OUT/$name.log") log lines)"
 }
+# first: the compiled path's decisions against the eager engine's on this device (tiny model)
+timeout "$((90 * SCALE))" python3 scripts/gpu_check.py --device "$DEVICE" > "$OUT/check.jsonl" 2> "$OUT/check.log"
+echo "check: exit $? ($(grep -c . "$OUT/check.jsonl") cases)"
 bench "$SHAPE-compiled-b1" 150 --shape "$SHAPE" $THIN --batch-sizes 1 --targets 0.05,0.31 --compile
 bench "$SHAPE-compiled-b8" 120 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile
 for small in llama-3.2-1b qwen2.5-0.5b smollm2-135m; do
