@@ -17,8 +17,8 @@ import json
 import sys
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
+from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import attach, generate_fixed
 from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
@@ -29,41 +29,6 @@ POLICIES = {
     "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=ALWAYS),
     "static": SkipPolicy(method="static", target_skip=0.25, warmup=2, seed=3),
 }
-
-
-def tiny_llama(device: str) -> torch.nn.Module:
-    config = AutoConfig.for_model(
-        "llama",
-        num_hidden_layers=8,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=97,
-        max_position_embeddings=256,
-        initializer_range=0.25,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-    )
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device).eval()
-
-
-def batches(device: str) -> dict[str, dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(1)
-    single = torch.randint(3, 97, (1, 7), generator=gen)
-    padded = torch.randint(3, 97, (3, 7), generator=gen)
-    mask = torch.ones_like(padded)
-    mask[0, :3] = mask[2, :1] = 0
-    return {
-        "batch 1": {"input_ids": single.to(device), "attention_mask": torch.ones_like(single).to(device)},
-        "padded batch 3": {
-            "input_ids": padded.masked_fill(mask == 0, 0).to(device),
-            "attention_mask": mask.to(device),
-        },
-    }
 
 
 def check(model: torch.nn.Module, method: str, name: str, batch: dict[str, torch.Tensor]) -> bool:
@@ -102,8 +67,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     device = parser.parse_args().device
-    model = tiny_llama(device)
-    results = [check(model, m, name, b) for m in POLICIES for name, b in batches(device).items()]
+    model = tiny_model("llama").to(device)
+    named = dict(zip(("batch 1", "padded batch 3"), tiny_batches(device), strict=True))
+    results = [check(model, m, name, b) for m in POLICIES for name, b in named.items()]
     return 0 if all(results) else 1
 
 

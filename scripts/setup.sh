@@ -5,7 +5,8 @@
 #   oldest  pyproject's lower bounds (constraints/oldest.txt)
 #   latest  the newest releases the registry has, keeping the installed torch
 # torch is pinned first to the CPU build so that no multi-GB CUDA build is pulled in; a machine
-# without that wheel (a GPU machine with its own torch) keeps the torch it has.
+# without that wheel (a GPU machine with its own torch) keeps the torch it has. TORCH_PIN=X.Y.Z
+# pins another release instead, and fails where it cannot be installed (tox -e newest-torch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,7 +16,11 @@ case "$SET" in
   locked | oldest | latest) ;;
   *) echo "scripts/setup.sh: unknown set '$SET'; use locked, oldest or latest" >&2; exit 2 ;;
 esac
-"${PIP[@]}" "torch==2.13.0" || "$PY" -c "import torch"
+if [ -n "${TORCH_PIN:-}" ]; then
+  "${PIP[@]}" "torch==$TORCH_PIN"
+else
+  "${PIP[@]}" "torch==2.13.0" || "$PY" -c "import torch"
+fi
 TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
 if [ "$SET" = latest ]; then
   PIN=(--upgrade --upgrade-strategy eager "torch==$TORCH")

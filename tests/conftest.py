@@ -10,8 +10,9 @@ from types import ModuleType
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
+from lmeval_ffnskip.instruments.shapes import tiny_model as tiny_model  # the tests import it from here
 from lmeval_ffnskip.skip.hf_compat import cache_keyword
 
 ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
@@ -29,29 +30,6 @@ def task_utils(task: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def tiny_model(model_type: str, n_layers: int = 8, seed: int = 0) -> torch.nn.Module:
-    """A randomly initialised decoder small enough to run in milliseconds."""
-    extra = {"sliding_window": 16} if model_type == "gemma3_text" else {}
-    config = AutoConfig.for_model(
-        model_type,
-        num_hidden_layers=n_layers,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=97,
-        max_position_embeddings=256,
-        initializer_range=0.25,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        **extra,
-    )
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 @torch.no_grad()

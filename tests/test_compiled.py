@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
+from lmeval_ffnskip.instruments.shapes import tiny_batches
 from lmeval_ffnskip.skip import compiling, decode
 from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
 from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
@@ -35,22 +36,10 @@ def model() -> torch.nn.Module:
     return tiny_model("llama", n_layers=8)
 
 
-def _batches() -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(1)
-    single = torch.randint(3, 97, (1, 7), generator=gen)
-    padded = torch.randint(3, 97, (3, 7), generator=gen)
-    mask = torch.ones_like(padded)
-    mask[0, :3] = mask[2, :1] = 0
-    return [
-        {"input_ids": single, "attention_mask": torch.ones_like(single)},
-        {"input_ids": padded.masked_fill(mask == 0, 0), "attention_mask": mask},
-    ]
-
-
 def _eager(model: torch.nn.Module, policy: SkipPolicy, eos: int) -> tuple[object, list[torch.Tensor]]:
     with attach(model, policy, record=True) as engine:
-        outs = [generate_fixed(model, batch, NEW) for batch in _batches()]
-        batch = _batches()[1]
+        outs = [generate_fixed(model, batch, NEW) for batch in tiny_batches()]
+        batch = tiny_batches()[1]
         gen = {"max_new_tokens": NEW, "do_sample": False, "eos_token_id": eos, "pad_token_id": 0}
         outs.append(checked_generate(model, batch["attention_mask"], lambda: model.generate(**batch, **gen)))
     return engine, outs
@@ -63,9 +52,9 @@ def _compiled(
         decoder = CompiledDecoder(model, engine)
         outs = [
             decoder.generate(b["input_ids"], b["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1)
-            for b in _batches()
+            for b in tiny_batches()
         ]
-        batch = _batches()[1]
+        batch = tiny_batches()[1]
         outs.append(
             checked_generate(
                 model,
@@ -81,7 +70,7 @@ def _compiled(
 def _early_eos(model: torch.nn.Module, policy: SkipPolicy) -> int:
     """A token that row 1 of the padded batch emits at its 4th step, so that it stops early."""
     with attach(model, policy):
-        return int(generate_fixed(model, _batches()[1], NEW)[1, 7 + 3])
+        return int(generate_fixed(model, tiny_batches()[1], NEW)[1, 7 + 3])
 
 
 @pytest.mark.parametrize("method", list(POLICIES))
@@ -119,7 +108,7 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
 def test_a_guess_that_fails_is_decoded_again(model: torch.nn.Module) -> None:
     """A compiled guess whose decisions the rule does not make is discarded and the token decoded
     again at the same cache position: the eager engine's tokens and masks all the same."""
-    policy, batch = POLICIES["ffnskip"], _batches()[0]
+    policy, batch = POLICIES["ffnskip"], tiny_batches()[0]
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
@@ -153,7 +142,7 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
         return step
 
     monkeypatch.setattr(decode, "compiled_step", refusing)
-    policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
+    policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
@@ -178,7 +167,7 @@ def test_a_changed_model_is_compiled_anew() -> None:
     generation gives the eager engine's tokens with the hook. An unchanged model is not compiled
     again; a replaced module (which the path's patches are not on) is refused."""
     model = tiny_model("llama", n_layers=4)
-    policy, batch = POLICIES["ffnskip-at-once"], _batches()[0]
+    policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     args = (batch["input_ids"], batch["attention_mask"], NEW)
     with attach(model, policy) as engine:
         decoder = CompiledDecoder(model, engine)

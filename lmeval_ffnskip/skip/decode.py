@@ -381,6 +381,7 @@ class CompiledDecoder:
             step = self.plans.steps[plan]
             if self.graphs and (out := self._graph_call(step, shape, *args, rows)) is not None:
                 return out
+            # looked up again: a refused graph renewed every plan's step (compiled without graphs)
             return self._timed(self.plans.steps[plan], shape, *args, rows)
         finally:
             self.ctx.plan = None

@@ -9,6 +9,9 @@ operation costs little more than its dispatch: the regime of a launch-bound GPU 
 decoding of Llama-2-7B on an H200 spends about 28 ms a step issuing kernels against 3 ms of
 weight streaming), reproduced on a CPU, where the engine's own host work can be measured
 without a GPU. It leaves out what a GPU adds: the host reads' round trips.
+
+A *tiny* model (``tiny_model``: 64 wide, 97 tokens) runs in milliseconds; the tests and
+``scripts/gpu_check.py`` decode with it, on ``tiny_batches``.
 """
 
 from __future__ import annotations
@@ -79,3 +82,46 @@ def token_batch(vocab_size: int, batch_size: int, device: str | torch.device) ->
     ids = torch.randint(3, vocab_size, (batch_size, width), generator=gen)
     mask = (torch.arange(width) >= width - torch.tensor(lengths)[:, None]).long()
     return {"input_ids": (ids * mask).to(device), "attention_mask": mask.to(device)}
+
+
+def tiny_model(model_type: str = "llama", n_layers: int = 8, seed: int = 0) -> nn.Module:
+    """A randomly initialised decoder of ``model_type`` small enough to run in milliseconds (fp32,
+    on the CPU; pad, EOS and BOS ids 0, 1, 2)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"sliding_window": 16} if model_type == "gemma3_text" else {}
+    config = AutoConfig.for_model(
+        model_type,
+        num_hidden_layers=n_layers,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=97,
+        max_position_embeddings=256,
+        initializer_range=0.25,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def tiny_batches(device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
+    """Two prompt batches for ``tiny_model``: one row of 7 tokens, and 3 rows of 7 left-padded to
+    4, 7 and 6 real tokens (fixed seed)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    single = torch.randint(3, 97, (1, 7), generator=gen)
+    padded = torch.randint(3, 97, (3, 7), generator=gen)
+    mask = torch.ones_like(padded)
+    mask[0, :3] = mask[2, :1] = 0
+    return [
+        {"input_ids": single.to(device), "attention_mask": torch.ones_like(single).to(device)},
+        {"input_ids": padded.masked_fill(mask == 0, 0).to(device), "attention_mask": mask.to(device)},
+    ]
