@@ -20,7 +20,13 @@ import torch
 
 from lmeval_ffnskip.instruments.shapes import shape_model, token_batch
 from lmeval_ffnskip.skip.compiling import compiled_step
-from lmeval_ffnskip.skip.decode import CompiledDecoder, _decoding_pass, decode_planned_token, prefill
+from lmeval_ffnskip.skip.decode import (
+    CACHE_BLOCK,
+    CompiledDecoder,
+    _decoding_pass,
+    decode_planned_token,
+    prefill,
+)
 from lmeval_ffnskip.skip.engine import make_engine
 from lmeval_ffnskip.skip.hf_compat import rewind
 from lmeval_ffnskip.skip.plans import Plan
@@ -28,7 +34,6 @@ from lmeval_ffnskip.skip.provenance import versions
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
 SETS = ("none=", "c8=5-12", "c12=4-15", "c16=5-20", "alt12=4-27/2", "mid=4-27")
-CACHE = 256
 
 
 def layers(spec: str) -> tuple[int, ...]:
@@ -58,24 +63,24 @@ def main() -> None:
     decoder = CompiledDecoder(model, engine)
     batch = token_batch(model.config.vocab_size, 1, "cpu")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    full = torch.cat([mask, mask.new_ones(1, CACHE - ids.shape[1])], 1)
+    full = torch.cat([mask, mask.new_ones(1, CACHE_BLOCK - ids.shape[1])], 1)
     plans = {name: Plan(1, tuple((layer, (0,)) for layer in left)) for name, left in sets.items()}
     times: dict[str, list[float]] = {name: [] for name in sets}
     engine.install()
     with torch.no_grad(), decoder._installed():
         decoder._check_model()
-        cache = decoder._cache(1, CACHE)
+        cache = decoder._cache(1, CACHE_BLOCK)
         token = prefill(model, ids, mask, cache, decoder.keyword).argmax(-1, keepdim=True)
         tokens = _decoding_pass(1, ids.shape[1], [int(mask.sum())])
         inputs = decoder._inputs(token, tokens, full, cache)
         for plan in plans.values():
             decoder.plans.steps[plan] = compiled_step(decode_planned_token)
-            decoder._planned(plan, (1, CACHE), inputs)  # compiles
+            decoder._planned(plan, (1, CACHE_BLOCK), inputs)  # compiles
         for _ in range(args.calls):
             for name, plan in plans.items():
                 rewind(cache, tokens.past)
                 start = time.perf_counter()
-                decoder._planned(plan, (1, CACHE), inputs)
+                decoder._planned(plan, (1, CACHE_BLOCK), inputs)
                 times[name].append(time.perf_counter() - start)
     for name, xs in times.items():
         xs.sort()

@@ -22,6 +22,10 @@ else
   "${PIP[@]}" "torch==2.13.0" || "$PY" -c "import torch"
 fi
 TORCH=$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")
+if [ -n "${TORCH_PIN:-}" ] && [ "$TORCH" != "$TORCH_PIN" ]; then
+  echo "scripts/setup.sh: TORCH_PIN=$TORCH_PIN, but torch $TORCH is installed" >&2
+  exit 1
+fi
 if [ "$SET" = latest ]; then
   PIN=(--upgrade --upgrade-strategy eager "torch==$TORCH")
 else

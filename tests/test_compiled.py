@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model
 
-from lmeval_ffnskip.instruments.shapes import tiny_batches
+from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip import compiling, decode
 from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
 from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
