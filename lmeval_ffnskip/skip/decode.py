@@ -9,8 +9,9 @@ step), or ``decode_one_token``, the general step, where the rule's device form (
 decides per layer inside it (``compiled.py``). Per step the host does what the eager engine's
 pre-hook does (warm-up and eligibility: ``StepCounter``, the rule's ``eligible``, on plain lists);
 a rule that decides up front gets its plan from ``begin``, one that reads similarities gets the
-last plan that held as its guess, checked by replaying the rule with the similarities the step
-returned (``plans.replay``); a guess that does not hold is decoded again by the general step.
+last plan that held as its guess (at a batch shape's first such step, the plan it makes where
+every similarity is 1), checked by replaying the rule with the similarities the step returned
+(``plans.replay``); a guess that does not hold is decoded again by the general step.
 Each step's decisions are the replayed record, counted through ``SkipEngine.record_pass``, so the
 engine's stats, ledger and history are filled as the eager path fills them; ``host_syncs``
 counts the steps whose similarities were read back (one read per step).
@@ -322,7 +323,7 @@ class CompiledDecoder:
             book.general += 1
             inputs = self.form.inputs(eligible, tokens.pos)
             return self._general(shape, args, eligible, inputs)[0], record
-        guess = book.guess(shape)
+        guess = book.guess(shape) or self._first_guess(shape, eligible, tokens.pos)
         if guess is not None:
             logits, cosines = self._planned(guess, shape, args)
             found = replay(rule, self.layers, eligible, tokens.pos, self._read(guess.measured, cosines))
@@ -350,6 +351,19 @@ class CompiledDecoder:
         if book.step(shape, plan) is not None:
             book.held(shape, plan)
         return logits, record
+
+    def _first_guess(self, shape: tuple[int, int], eligible: list[bool], positions: list[int]) -> Plan | None:
+        """The guess of a shape's first step with eligible rows (``PlanBook.first_guess``): the
+        plan the rule makes where every similarity it reads is 1, so that it fires wherever a
+        similarity can make it fire (``ffnskip`` at its first check, as it does for nearly every
+        token of the models we ship), compiled at once instead of after two general steps."""
+
+        def optimistic() -> Plan | None:
+            ones = {layer: [1.0] * len(eligible) for layer in self.layers}
+            found = replay(self.engine.rule, self.layers, eligible, positions, ones)
+            return None if found is None else Plan.of(*found)
+
+        return self.plans.first_guess(shape, optimistic)
 
     def _read(self, layers: tuple[int, ...], cosines: torch.Tensor) -> dict[int, list[float]]:
         """The similarities a step returned, per layer (one host read)."""

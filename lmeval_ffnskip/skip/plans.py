@@ -89,14 +89,15 @@ def replay(
 class PlanBook:
     """A decoder's plans: the compiled steps of those decided at two consecutive steps of one
     batch shape (decisions that repeat, unlike a per-position draw; a plan without skips or
-    reads at once), at most ``MAX_PLANS``, and per shape the last plan that held, the next
-    step's guess."""
+    reads at once, and a shape's first guess), at most ``MAX_PLANS``, and per shape the last
+    plan that held, the next step's guess."""
 
     def __init__(self, compile_step: Callable[[], Callable[..., object]]) -> None:
         self._compile_step = compile_step
         self._last: dict[object, Plan] = {}  # per shape, the plan decided at its last step
         self.steps: dict[Plan, Callable[..., object]] = {}
         self._guess: dict[object, Plan] = {}
+        self._opened: set[object] = set()  # shapes whose first guess was made
         # decoding steps by how they were decoded: a planned step whose plan held (``planned``),
         # the general step (``general``), and planned steps discarded and decoded again (``discarded``)
         self.planned = self.general = self.discarded = 0
@@ -127,6 +128,21 @@ class PlanBook:
 
     def guess(self, shape: object) -> Plan | None:
         return self._guess.get(shape)
+
+    def first_guess(self, shape: object, plan_of: Callable[[], Plan | None]) -> Plan | None:
+        """The guess of the first step of ``shape`` that asks for one (``plan_of()``, compiled
+        now); None at every later step, where ``plan_of`` gives none, or where ``MAX_PLANS``
+        are compiled."""
+        if shape in self._opened:
+            return None
+        self._opened.add(shape)
+        plan = plan_of()
+        if plan is None or (plan not in self.steps and len(self.steps) >= MAX_PLANS):
+            return None
+        if plan not in self.steps:
+            self.steps[plan] = self._compile_step()
+        self._guess[shape] = plan
+        return plan
 
     def held(self, shape: object, plan: Plan) -> None:
         """``plan`` held at a step of ``shape``: guess it next."""
