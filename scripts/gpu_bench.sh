@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# The CUDA benches of docs/speed.md in one command, for a lent GPU machine (7 minutes of time
-# limits on an H200). Untested on CUDA so far (there the compiled path captures its planned steps
-# as CUDA graphs, or says why not in each row's compiled_steps.cuda_graphs), so every step has its
-# own time limit and output, and one that fails or runs out of time loses only its own file:
-#   0. scripts/gpu_check.py: the compiled path's masks and counters against the eager engine's;
+# The CUDA benches of docs/speed.md in one command, for a lent GPU machine: 6 minutes of time
+# limits in all, so that on a 15-minute lease a second run fits after the machine's start.
+# Untested on CUDA so far (there the compiled path captures its planned steps as CUDA graphs,
+# or says why not in each row's compiled_steps.cuda_graphs), so every step has its own time
+# limit; a bench's JSON is rewritten after each batch size and path, so one stopped by its
+# limit keeps what it measured ("complete": false, "pending": what it did not). Under OUT_DIR:
+# one JSON per bench, check.jsonl, and every step's output in log.txt (6 files: the device
+# tool brings back 8 at most):
 #   1. the Llama-2-7B shape in bf16, batch 1, all paths side by side (--compile): plain HF (eager),
 #      hf-static (HF's own static cache + compiled generate), our eager engine and our compiled
 #      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound;
-#   2. the same at batch 8;
-#   3. the smaller shapes, eager path only, in lockstep.
+#   2. scripts/gpu_check.py: the compiled path's masks and counters against the eager engine's;
+#   3. the 7B shape at batch 8, ffnskip at 31% only;
+#   4. two smaller shapes, eager path only, in lockstep.
 # usage: bash scripts/gpu_bench.sh OUT_DIR      (on the device tool: bash scripts/gpu_bench.sh "$OUT")
 # dry run on a CPU: DEVICE=cpu DTYPE=float32 SHAPE=smollm2-135m THIN=--thin SCALE=4 bash scripts/gpu_bench.sh /tmp/dry
 # Needs only torch and transformers (run from the repository root; nothing is downloaded).
@@ -22,20 +26,23 @@ THIN=${THIN:-}
 SCALE=${SCALE:-1}  # time limits x SCALE (a CPU dry run needs more)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$OUT/gpu.txt" 2>&1 || true
-bench() {  # NAME LIMIT_S ARGS...: one bench, its JSON and log under $OUT
+LOG=$OUT/log.txt
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv > "$LOG" 2>&1 || true
+bench() {  # NAME LIMIT_S ARGS...: one bench, its JSON under $OUT, its output in $LOG
   local name=$1 limit=$2
   shift 2
+  echo "=== $name" >> "$LOG"
   timeout "$((limit * SCALE))" python3 -m lmeval_ffnskip bench --device "$DEVICE" --dtype "$DTYPE" --new-tokens 32 \
-    --reps 3 --json "$OUT/$name.json" "$@" > "$OUT/$name.log" 2>&1
-  echo "$name: exit $? ($(grep -c . "$OUT/$name.log") log lines)"
+    --reps 3 --json "$OUT/$name.json" "$@" >> "$LOG" 2>&1
+  echo "$name: exit $?"
 }
-# first: the compiled path's decisions against the eager engine's on this device (tiny model)
-timeout "$((90 * SCALE))" python3 scripts/gpu_check.py --device "$DEVICE" > "$OUT/check.jsonl" 2> "$OUT/check.log"
-echo "check: exit $? ($(grep -c . "$OUT/check.jsonl") cases)"
 bench "$SHAPE-compiled-b1" 150 --shape "$SHAPE" $THIN --batch-sizes 1 --targets 0.05,0.31 --compile
-bench "$SHAPE-compiled-b8" 120 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile
-for small in llama-3.2-1b qwen2.5-0.5b smollm2-135m; do
+# the compiled path's decisions against the eager engine's on this device (tiny model)
+echo "=== check" >> "$LOG"
+timeout "$((60 * SCALE))" python3 scripts/gpu_check.py --device "$DEVICE" > "$OUT/check.jsonl" 2>> "$LOG"
+echo "check: exit $? ($(grep -c . "$OUT/check.jsonl") cases)"
+bench "$SHAPE-compiled-b8" 90 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile
+for small in llama-3.2-1b smollm2-135m; do
   [ "$small" = "$SHAPE" ] && continue
   bench "$small" 30 --shape "$small" $THIN --batch-sizes 1,8 --targets 0.25 --methods ffnskip,static --lockstep
 done

@@ -225,3 +225,33 @@ BAD_FLAGS = {
 @pytest.mark.parametrize("flags", BAD_FLAGS)
 def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights, capsys):
     refused_in_one_line(["bench", *flags], BAD_FLAGS[flags], capsys)
+
+
+def test_a_bench_stopped_midway_keeps_what_it_measured(tmp_path, monkeypatch):
+    """``bench --json`` rewrites its file after each batch size and path: a run stopped in its
+    second batch size (a time limit's kill, here an interrupt) leaves the first one's rows with
+    their speedups, marked incomplete, and the report says so."""
+    from lmeval_ffnskip.cli import main
+    from lmeval_ffnskip.instruments import bench
+    from lmeval_ffnskip.reporting.report import build, render, speed_scaling
+    from lmeval_ffnskip.reporting.results import read_bench
+
+    measure = bench.decode_speed
+
+    def stopped_at_batch_2(model, batch, *args, **kwargs):
+        if len(batch["input_ids"]) == 2:
+            raise KeyboardInterrupt
+        return measure(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "decode_speed", stopped_at_batch_2)
+    out = tmp_path / "bench.json"
+    flags = ["--shape", "smollm2-135m", "--thin", "--batch-sizes", "1,2", "--targets", "0.25"]
+    with pytest.raises(KeyboardInterrupt):
+        main(["bench", *flags, "--new-tokens", "3", "--reps", "1", "--lockstep", "--json", str(out)])
+    doc = read_bench(out)
+    assert doc["complete"] is False and doc["pending"] == ["batch 2, eager path"]
+    assert {r["batch_size"] for r in doc["rows"]} == {1}
+    assert next(r for r in doc["rows"] if r["config"] == "ffnskip-0.25")["ideal_speedup"] > 1
+    (row,) = speed_scaling([doc])
+    assert row["pending"] == ["batch 2, eager path"]
+    assert 'title="not measured: batch 2, eager path">(run stopped midway)' in render(build([], "x", [doc]))

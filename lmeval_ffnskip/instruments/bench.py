@@ -503,12 +503,15 @@ def run_bench(
     lockstep: bool = False,
     compile: bool = False,
     progress: bool = True,
+    on_rows: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """``ffnskip bench``: decode speed of every configuration at every batch size, beside the
     ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
     (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``);
     ``compile`` adds the compiled path's rows (``bench_compiled``) after the eager ones.
-    Returns ``{"environment": ..., "rows": [...]}``."""
+    Returns ``{"environment": ..., "rows": [...], "complete": True, "pending": []}``; ``on_rows``
+    is given the same after each batch size and path, with ``complete`` False and the groups
+    still to measure in ``pending`` until the last (so a run stopped midway keeps its rows)."""
     check_options(locals())  # the arguments, before anything loads
     from tqdm import tqdm
 
@@ -533,15 +536,6 @@ def run_bench(
         def batch_of(size: int) -> dict:
             return prompt_batch(tokenizer, size, model.device)
 
-    rows = [
-        row
-        for size in tqdm([int(b) for b in batch_sizes], desc="batch sizes", disable=not progress)
-        for compiled in ((False, True) if compile else (False,))
-        for row in decode_speed(
-            model, batch_of(size), configs, new_tokens, reps, lockstep=lockstep, compiled=compiled
-        )
-    ]
-    add_ideal(rows, stat)
     env = environment(model)
     if model.device.type == "cuda":  # decoding there is bound by streaming the weights
         from .roofline import copy_bandwidth, streamed_bytes
@@ -550,11 +544,25 @@ def run_bench(
             copy_bandwidth(model.device) / 1e9,
             streamed_bytes(model) / 1e9,
         )
-        for row in rows:
-            row["bound_tokens_per_s"] = row["batch_size"] * env["copy_GB_per_s"] / env["streamed_GB"]
-            row["of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
     if shape is not None:
         env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
     if thin:
         env["widths"] = "thin (depth and operations of the shape, widths shrunk: the launch-bound regime)"
-    return {"environment": env, "rows": rows}
+    paths = (False, True) if compile else (False,)
+    groups = [(int(size), compiled) for size in batch_sizes for compiled in paths]
+    rows: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {}
+    for done, (size, compiled) in enumerate(tqdm(groups, desc="batches and paths", disable=not progress), 1):
+        measured = decode_speed(
+            model, batch_of(size), configs, new_tokens, reps, lockstep=lockstep, compiled=compiled
+        )
+        for row in measured if "copy_GB_per_s" in env else ():
+            row["bound_tokens_per_s"] = row["batch_size"] * env["copy_GB_per_s"] / env["streamed_GB"]
+            row["of_bound"] = row["tokens_per_s"] / row["bound_tokens_per_s"]
+        rows += measured
+        add_ideal(rows, stat)
+        pending = [f"batch {b}, {'compiled' if c else 'eager'} path" for b, c in groups[done:]]
+        payload = {"environment": env, "rows": rows, "complete": not pending, "pending": pending}
+        if on_rows is not None:
+            on_rows(payload)
+    return payload

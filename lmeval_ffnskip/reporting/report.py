@@ -313,6 +313,8 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "model": env.get("model", "?").removeprefix("shape:"),
+                    # a bench stopped midway (``complete`` False) names what it did not measure
+                    "pending": doc.get("pending", []),
                     "random": "weights" in env,
                     "thin": "widths" in env,
                     "device": f"{env['device']}, {env['dtype'].replace('torch.', '')}",
