@@ -5,15 +5,17 @@ a guess discarded and decoded again, the general step). On an 8-layer model."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
-from lmeval_ffnskip.skip import compiling, decode
+from lmeval_ffnskip.skip import compiling, decode, hf_compat
 from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
 from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
-from lmeval_ffnskip.skip.plans import Plan
+from lmeval_ffnskip.skip.plans import Plan, PlanBook
 from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
 
 NEW = 10
@@ -122,6 +124,21 @@ def test_a_guess_that_fails_is_decoded_again(model: torch.nn.Module) -> None:
     assert torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_first_guess_is_compiled_at_once_and_given_up_where_it_fails() -> None:
+    """A shape's first guess is compiled when made, once per shape; one that fails before it ever
+    held gives its step up (it takes no place among the plans kept), one that held keeps it."""
+    book = PlanBook(object)
+    wrong, right = Plan(1, ((5, (0,)),), (4,)), Plan(1, ((6, (0,)),), (4,))
+    assert book.first_guess("a", lambda: wrong) is wrong and wrong in book.steps
+    assert book.first_guess("a", lambda: right) is None  # once per shape
+    book.failed("a")
+    assert wrong not in book.steps and book.guess("a") is None
+    assert book.first_guess("b", lambda: right) is right
+    book.held("b", right)
+    book.failed("b")
+    assert right in book.steps and book.summary()["plans_compiled"] == 2
 
 
 def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,3 +253,63 @@ def test_every_step_is_compiled_without_module_guards(monkeypatch: pytest.Monkey
     compiling.compiled_step(decode_one_token, graphs=True)
     assert [options["guard_filter_fn"] for options in given] == [GUARD_FILTER] * 2
     assert given[1]["triton.cudagraphs"] and "triton.cudagraphs" not in given[0]
+
+
+class AttributeRouting:
+    """``kernels``' routing variable as it runs in a compiled function (its ``CompileableContextVar``):
+    state in attributes, a reset that finds none set raises."""
+
+    def __init__(self) -> None:
+        self.value: object = None
+        self.active = False
+
+    def get(self) -> object:
+        return self.value
+
+    def set(self, value: object) -> object:
+        previous, self.value, self.active = self.value, value, True
+        return previous
+
+    def reset(self, token: object) -> None:
+        if not self.active:
+            raise RuntimeError("reset without a set")
+        self.value, self.active = token, token is not None
+
+
+_ACTIVE_KERNEL_FUNCS = AttributeRouting()  # the global name kernels' wrapper reads
+
+
+def _kernel_routed(forward: object) -> object:
+    """A forward wrapped as `kernels`' `use_kernelized_func` wraps Llama's attention (5.25 on)."""
+
+    @functools.wraps(forward)
+    def routed(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        token = _ACTIVE_KERNEL_FUNCS.set({})
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            _ACTIVE_KERNEL_FUNCS.reset(token)
+
+    return routed
+
+
+def test_attention_routed_by_kernels_compiles_around_the_branches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where transformers' attention is wrapped by ``kernels``' routing (attribute stores in every
+    attention, which torch 2.13's dynamo loses across the general step's ``torch.cond``), the
+    general step still compiles and decides as the eager engine; the routing variable is the
+    package's own again afterwards."""
+    model = tiny_model("llama", n_layers=6)
+    attention = type(model.model.layers[0].self_attn)
+    monkeypatch.setattr(attention, "forward", _kernel_routed(attention.forward))
+    policy, batch = POLICIES["static"], tiny_batches()[0]
+    with attach(model, policy, record=True) as eager:
+        want = generate_fixed(model, batch, NEW)
+    with attach(model, policy, record=True) as engine:
+        decoder = CompiledDecoder(model, engine)
+        have = decoder.generate(
+            batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
+        )
+    assert decoder.summary()["general_steps"] > 0 and torch.equal(want, have)
+    for a, b in zip(eager.history, engine.history, strict=True):
+        assert torch.equal(a, b)
+    assert globals()["_ACTIVE_KERNEL_FUNCS"] is not hf_compat.ROUTING

@@ -38,7 +38,7 @@ from transformers import StaticCache
 from .compiled import BlockPatches, StepContext
 from .compiling import REFUSALS_RAISE, ModelState, compiled_step, graph_refusal
 from .engine import SkipEngine
-from .hf_compat import PassTokens, cache_keyword, rewind
+from .hf_compat import PassTokens, cache_keyword, rewind, traceable_kernel_routing
 from .plans import Plan, PlanBook, replay
 from .rows import PassSkips
 from .rule import FFNRule
@@ -182,7 +182,7 @@ class CompiledDecoder:
     def _installed(self) -> Iterator[None]:
         self.engine.remove()
         try:
-            with self.patches.installed():
+            with self.patches.installed(), traceable_kernel_routing(self.model):
                 yield
         finally:
             self.engine.install()
@@ -329,6 +329,7 @@ class CompiledDecoder:
             found = replay(rule, self.layers, eligible, tokens.pos, self._read(guess.measured, cosines))
             if found is not None and found[0].skips() == guess.skips:
                 book.planned += 1
+                book.held(shape, guess)
                 return logits, found[0]
             book.discarded += 1
             book.failed(shape)

@@ -10,6 +10,8 @@ installed version instead of being read as "no cache" (which would run every ste
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +23,10 @@ from .provenance import package_version
 # the cache keyword of a decoder's forward, newest name first
 CACHE_KEYWORDS = ("cache", "past_key_values")
 # the transformers releases the test suite runs on (tox envs `oldest`, `locked`, `latest`)
-TESTED_TRANSFORMERS = ("5.0.0", "5.23.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.0.0", "5.23.0", "5.25.0")
+# the global through which the ``kernels`` package's ``use_kernelized_func`` wrapper (on Llama's
+# attention, say, from transformers 5.25) routes a module's kernel functions
+KERNEL_ROUTING = "_ACTIVE_KERNEL_FUNCS"
 
 
 class IncompatibleTransformers(RuntimeError):
@@ -147,3 +152,59 @@ def rewind(cache: Cache, length: int) -> None:
                 f"static cache layer {index} ({type(layer).__name__}) counts its length as "
                 f"{type(counter).__name__}, so a step cannot be decoded again at the same position"
             )
+
+
+class ItemRouting:
+    """What ``kernels``' routing variable (its ``CompileableContextVar``) does inside a compiled
+    function, one global value, kept as a dict item: torch 2.13's dynamo loses an attribute store
+    made on an object after a ``torch.cond`` where the same attribute was stored before it (item
+    stores it keeps), and that variable stores attributes in every attention, around the compiled
+    general step's per-layer branches."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, object] = {"value": None}
+
+    def get(self) -> object:
+        return self.state["value"]
+
+    def set(self, value: object) -> object:
+        previous = self.state["value"]
+        self.state["value"] = value
+        return previous
+
+    def reset(self, token: object) -> None:
+        self.state["value"] = token
+
+
+ROUTING = ItemRouting()  # one object for every generation: compiled code guards the global's identity
+
+
+@contextmanager
+def traceable_kernel_routing(model: nn.Module) -> Iterator[None]:
+    """While the block runs, ``kernels``' routing variable is ``ROUTING`` in every module
+    namespace whose ``use_kernelized_func`` wrapper is a layer of a forward of ``model``'s modules
+    (found through the wrappers' globals; none: nothing changes). A namespace whose variable is not a
+    get / set / reset object is refused by name."""
+    spaces: dict[int, dict[str, object]] = {}
+    for module in model.modules():
+        wrapper = type(module).forward
+        while (inner := getattr(wrapper, "__wrapped__", None)) is not None:  # each decorator's layer
+            names = getattr(wrapper, "__globals__", {})
+            if KERNEL_ROUTING in names:
+                spaces[id(names)] = names
+            wrapper = inner
+    saved = [(names, names[KERNEL_ROUTING]) for names in spaces.values()]
+    for names, routing in saved:
+        if not all(callable(getattr(routing, verb, None)) for verb in ("get", "set", "reset")):
+            raise IncompatibleTransformers(
+                f"{names.get('__name__')}.{KERNEL_ROUTING} is a {type(routing).__name__}, not the "
+                "get / set / reset variable the compiled decoding path replaces"
+            )
+    ROUTING.state["value"] = None
+    for names, _ in saved:
+        names[KERNEL_ROUTING] = ROUTING
+    try:
+        yield
+    finally:
+        for names, routing in saved:
+            names[KERNEL_ROUTING] = routing

@@ -98,6 +98,8 @@ class PlanBook:
         self.steps: dict[Plan, Callable[..., object]] = {}
         self._guess: dict[object, Plan] = {}
         self._opened: set[object] = set()  # shapes whose first guess was made
+        self._untried: set[Plan] = set()  # first guesses compiled that have not held yet
+        self._dropped = 0  # first guesses compiled and given up
         # decoding steps by how they were decoded: a planned step whose plan held (``planned``),
         # the general step (``general``), and planned steps discarded and decoded again (``discarded``)
         self.planned = self.general = self.discarded = 0
@@ -105,7 +107,7 @@ class PlanBook:
     def summary(self) -> dict[str, int]:
         """How this decoder's steps were decoded, and how many plans it compiled."""
         return {
-            "plans_compiled": len(self.steps),
+            "plans_compiled": len(self.steps) + self._dropped,
             "planned_steps": self.planned,
             "general_steps": self.general,
             "discarded_steps": self.discarded,
@@ -141,12 +143,20 @@ class PlanBook:
             return None
         if plan not in self.steps:
             self.steps[plan] = self._compile_step()
+            self._untried.add(plan)
         self._guess[shape] = plan
         return plan
 
     def held(self, shape: object, plan: Plan) -> None:
         """``plan`` held at a step of ``shape``: guess it next."""
         self._guess[shape] = plan
+        self._untried.discard(plan)
 
     def failed(self, shape: object) -> None:
-        self._guess.pop(shape, None)
+        """The guess at ``shape`` did not hold; a first guess that never held gives up its step
+        (so that it takes none of the ``MAX_PLANS``)."""
+        plan = self._guess.pop(shape, None)
+        if plan in self._untried:
+            self._untried.discard(plan)
+            del self.steps[plan]
+            self._dropped += 1
