@@ -68,7 +68,15 @@ def bench_main(argv: list[str]) -> int:
         help="add the compiled path's rows (static KV cache, one compiled step per token, skipping "
         "decided inside it; methods with a device form), each row with its path",
     )
-    parser.add_argument("--json", type=Path, help="write the rows and environment here")
+    parser.add_argument(
+        "--no-overheads",
+        action="store_true",
+        help="leave out ffnskip-off and checks-only (the rows that measure the engine's own costs), "
+        "e.g. to fit a time limit",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="write the rows and environment here (after each batch size and path)"
+    )
     args = parser.parse_args(argv)
 
     from .harness.options import flag, numbers
@@ -90,6 +98,7 @@ def bench_main(argv: list[str]) -> int:
             "stat": args.stat,
             "lockstep": args.lockstep,
             "compile": args.compile,
+            "overheads": not args.no_overheads,
         }
         check_options(options, flag)  # named as typed, before anything loads
         # rewritten after each batch size and path: a run stopped midway keeps what it measured

@@ -9,7 +9,8 @@
 # tool brings back 8 at most):
 #   1. the Llama-2-7B shape in bf16, batch 1, all paths side by side (--compile): plain HF (eager),
 #      hf-static (HF's own static cache + compiled generate), our eager engine and our compiled
-#      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound;
+#      path, each with dense, skip-all and ffnskip at 5% and 31%, beside the bandwidth bound
+#      (--no-overheads: without ffnskip-off and checks-only, two compiles fewer per batch size);
 #   2. scripts/gpu_check.py: the compiled path's masks and counters against the eager engine's;
 #   3. the 7B shape at batch 8, ffnskip at 31% only;
 #   4. two smaller shapes, eager path only, in lockstep.
@@ -36,12 +37,12 @@ bench() {  # NAME LIMIT_S ARGS...: one bench, its JSON under $OUT, its output in
     --reps 3 --json "$OUT/$name.json" "$@" >> "$LOG" 2>&1
   echo "$name: exit $?"
 }
-bench "$SHAPE-compiled-b1" 150 --shape "$SHAPE" $THIN --batch-sizes 1 --targets 0.05,0.31 --compile
+bench "$SHAPE-compiled-b1" 150 --shape "$SHAPE" $THIN --batch-sizes 1 --targets 0.05,0.31 --compile --no-overheads
 # the compiled path's decisions against the eager engine's on this device (tiny model)
 echo "=== check" >> "$LOG"
 timeout "$((60 * SCALE))" python3 scripts/gpu_check.py --device "$DEVICE" > "$OUT/check.jsonl" 2>> "$LOG"
 echo "check: exit $? ($(grep -c . "$OUT/check.jsonl") cases)"
-bench "$SHAPE-compiled-b8" 90 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile
+bench "$SHAPE-compiled-b8" 90 --shape "$SHAPE" $THIN --batch-sizes 8 --targets 0.31 --compile --no-overheads
 for small in llama-3.2-1b smollm2-135m; do
   [ "$small" = "$SHAPE" ] && continue
   bench "$small" 30 --shape "$small" $THIN --batch-sizes 1,8 --targets 0.25 --methods ffnskip,static --lockstep

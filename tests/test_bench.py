@@ -230,7 +230,8 @@ def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights,
 def test_a_bench_stopped_midway_keeps_what_it_measured(tmp_path, monkeypatch):
     """``bench --json`` rewrites its file after each batch size and path: a run stopped in its
     second batch size (a time limit's kill, here an interrupt) leaves the first one's rows with
-    their speedups, marked incomplete, and the report says so."""
+    their speedups, marked incomplete, and the report says so. (``--no-overheads``: without the
+    rows that measure the engine's own costs.)"""
     from lmeval_ffnskip.cli import main
     from lmeval_ffnskip.instruments import bench
     from lmeval_ffnskip.reporting.report import build, render, speed_scaling
@@ -246,11 +247,13 @@ def test_a_bench_stopped_midway_keeps_what_it_measured(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "decode_speed", stopped_at_batch_2)
     out = tmp_path / "bench.json"
     flags = ["--shape", "smollm2-135m", "--thin", "--batch-sizes", "1,2", "--targets", "0.25"]
+    flags += ["--no-overheads", "--new-tokens", "3", "--reps", "1", "--lockstep", "--json", str(out)]
     with pytest.raises(KeyboardInterrupt):
-        main(["bench", *flags, "--new-tokens", "3", "--reps", "1", "--lockstep", "--json", str(out)])
+        main(["bench", *flags])
     doc = read_bench(out)
     assert doc["complete"] is False and doc["pending"] == ["batch 2, eager path"]
     assert {r["batch_size"] for r in doc["rows"]} == {1}
+    assert [r["config"] for r in doc["rows"]] == ["hf", "dense", "skip-all", "ffnskip-0.25"]
     assert next(r for r in doc["rows"] if r["config"] == "ffnskip-0.25")["ideal_speedup"] > 1
     (row,) = speed_scaling([doc])
     assert row["pending"] == ["batch 2, eager path"]

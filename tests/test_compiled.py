@@ -16,7 +16,7 @@ from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
 from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
 from lmeval_ffnskip.skip.plans import Plan, PlanBook
-from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
+from lmeval_ffnskip.skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
 
 NEW = 10
 POLICIES = {
@@ -124,6 +124,22 @@ def test_a_guess_that_fails_is_decoded_again(model: torch.nn.Module) -> None:
     assert torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("threshold", "skips"), [(ALWAYS, True), (0.999, True), (CHECKS_ONLY, False), (NEVER, False)]
+)
+def test_the_first_guess_fires_where_a_real_similarity_can(
+    model: torch.nn.Module, threshold: float, skips: bool
+) -> None:
+    """ffnskip's first guess fires at its first check for any threshold a real similarity (below
+    1) reaches, and never at ``checks-only``'s (1: every check runs, none fires)."""
+    policy = SkipPolicy(method="ffnskip", target_skip=0.25, warmup=0, threshold=threshold)
+    with attach(model, policy) as engine:
+        plan = CompiledDecoder(model, engine)._first_guess((1, 256), [True], [7])
+    checked = tuple(engine.rule.checked)
+    assert plan is not None and bool(plan.skips) == skips
+    assert plan.measured == (checked[:1] if skips else checked if threshold == CHECKS_ONLY else ())
 
 
 def test_a_first_guess_is_compiled_at_once_and_given_up_where_it_fails() -> None:

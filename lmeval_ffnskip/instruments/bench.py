@@ -59,17 +59,19 @@ def default_configs(
     targets: tuple[float, ...],
     threshold: float = 0.9,
     methods: tuple[str, ...] = ("ffnskip",),
+    overheads: bool = True,
 ) -> list[Config]:
-    """Plain HF, the engine with skipping off or checking only, every FFN skipped, each method per
-    target (``spread`` and ``shortgpt`` need ``calibrate.with_calibration`` before use)."""
-    configs = [
-        Config("hf", None),
-        Config(DENSE, SkipPolicy(method=DENSE)),
-        Config("ffnskip-off", SkipPolicy(threshold=NEVER, warmup=0)),
-        # measures at every non-cold layer and never fires: the full cost of checks and host reads
-        Config("checks-only", SkipPolicy(threshold=CHECKS_ONLY, warmup=0)),
-        Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)),
-    ]
+    """Plain HF, the engine with skipping off or checking only (``overheads``: the engine's own
+    costs), every FFN skipped, each method per target (``spread`` and ``shortgpt`` need
+    ``calibrate.with_calibration`` before use)."""
+    configs = [Config("hf", None), Config(DENSE, SkipPolicy(method=DENSE))]
+    if overheads:
+        configs += [
+            Config("ffnskip-off", SkipPolicy(threshold=NEVER, warmup=0)),
+            # measures at every non-cold layer and never fires: the full cost of checks and host reads
+            Config("checks-only", SkipPolicy(threshold=CHECKS_ONLY, warmup=0)),
+        ]
+    configs.append(Config("skip-all", SkipPolicy(method="random", target_skip=1.0, warmup=0)))
     configs += [
         Config(
             config_name(m, t),
@@ -502,13 +504,15 @@ def run_bench(
     stat: str = "p50",
     lockstep: bool = False,
     compile: bool = False,
+    overheads: bool = True,
     progress: bool = True,
     on_rows: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """``ffnskip bench``: decode speed of every configuration at every batch size, beside the
     ideal; ``shape`` instead of ``pretrained`` builds a shipped architecture with random weights
     (weight-independent methods only), ``thin`` its launch-bound variant (``shapes.thin``);
-    ``compile`` adds the compiled path's rows (``bench_compiled``) after the eager ones.
+    ``compile`` adds the compiled path's rows (``bench_compiled``) after the eager ones;
+    ``overheads=False`` leaves out ``ffnskip-off`` and ``checks-only``.
     Returns ``{"environment": ..., "rows": [...], "complete": True, "pending": []}``; ``on_rows``
     is given the same after each batch size and path, with ``complete`` False and the groups
     still to measure in ``pending`` until the last (so a run stopped midway keeps its rows)."""
@@ -522,7 +526,7 @@ def run_bench(
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
     if shape is not None:
         model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin)
-        configs = default_configs(targets, ALWAYS, methods)  # ffnskip fires at its first check
+        configs = default_configs(targets, ALWAYS, methods, overheads)  # ffnskip fires at its first check
 
         def batch_of(size: int) -> dict:
             return token_batch(model.config.vocab_size, size, model.device)
@@ -530,7 +534,7 @@ def run_bench(
         model, tokenizer = load(pretrained, device, dtype)
         configs = [
             dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
-            for c in default_configs(targets, threshold, methods)
+            for c in default_configs(targets, threshold, methods, overheads)
         ]
 
         def batch_of(size: int) -> dict:

@@ -10,8 +10,9 @@ decides per layer inside it (``compiled.py``). Per step the host does what the e
 pre-hook does (warm-up and eligibility: ``StepCounter``, the rule's ``eligible``, on plain lists);
 a rule that decides up front gets its plan from ``begin``, one that reads similarities gets the
 last plan that held as its guess (at a batch shape's first such step, the plan it makes where
-every similarity is 1), checked by replaying the rule with the similarities the step returned
-(``plans.replay``); a guess that does not hold is decoded again by the general step.
+every similarity is as high as a real one gets), checked by replaying the rule with the
+similarities the step returned (``plans.replay``); a guess that does not hold is decoded again
+by the general step.
 Each step's decisions are the replayed record, counted through ``SkipEngine.record_pass``, so the
 engine's stats, ledger and history are filled as the eager path fills them; ``host_syncs``
 counts the steps whose similarities were read back (one read per step).
@@ -27,6 +28,7 @@ planned step runs as a CUDA graph, or, where inductor refuses one, without, the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,6 +47,8 @@ from .rule import FFNRule
 from .settings import SkipPolicy
 
 CACHE_BLOCK = 256  # static caches are sized in multiples of this, so that lengths share a compile
+# just below 1: cos(h, h + block) reaches 1 only for a block along h (``CHECKS_ONLY``'s threshold)
+HIGHEST_SIMILARITY = math.nextafter(1.0, 0.0)
 
 log = logging.getLogger(__name__)
 
@@ -355,13 +359,14 @@ class CompiledDecoder:
 
     def _first_guess(self, shape: tuple[int, int], eligible: list[bool], positions: list[int]) -> Plan | None:
         """The guess of a shape's first step with eligible rows (``PlanBook.first_guess``): the
-        plan the rule makes where every similarity it reads is 1, so that it fires wherever a
-        similarity can make it fire (``ffnskip`` at its first check, as it does for nearly every
-        token of the models we ship), compiled at once instead of after two general steps."""
+        plan the rule makes where every similarity it reads is ``HIGHEST_SIMILARITY``, so that it
+        fires wherever a real similarity can make it fire (``ffnskip`` at its first check, as it
+        does for nearly every token of the models we ship), compiled at once instead of after two
+        general steps."""
 
         def optimistic() -> Plan | None:
-            ones = {layer: [1.0] * len(eligible) for layer in self.layers}
-            found = replay(self.engine.rule, self.layers, eligible, positions, ones)
+            highest = {layer: [HIGHEST_SIMILARITY] * len(eligible) for layer in self.layers}
+            found = replay(self.engine.rule, self.layers, eligible, positions, highest)
             return None if found is None else Plan.of(*found)
 
         return self.plans.first_guess(shape, optimistic)
