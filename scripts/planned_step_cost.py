@@ -19,16 +19,8 @@ import time
 import torch
 
 from lmeval_ffnskip.instruments.shapes import shape_model, token_batch
-from lmeval_ffnskip.skip.compiling import compiled_step
-from lmeval_ffnskip.skip.decode import (
-    CACHE_BLOCK,
-    CompiledDecoder,
-    _decoding_pass,
-    decode_planned_token,
-    prefill,
-)
+from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import make_engine
-from lmeval_ffnskip.skip.hf_compat import rewind
 from lmeval_ffnskip.skip.plans import Plan
 from lmeval_ffnskip.skip.provenance import versions
 from lmeval_ffnskip.skip.settings import SkipPolicy
@@ -62,25 +54,16 @@ def main() -> None:
             parser.error(f"set {name} leaves out cold layers {sorted(set(left_out) - hooked)}")
     decoder = CompiledDecoder(model, engine)
     batch = token_batch(model.config.vocab_size, 1, "cpu")
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    full = torch.cat([mask, mask.new_ones(1, CACHE_BLOCK - ids.shape[1])], 1)
     plans = {name: Plan(1, tuple((layer, (0,)) for layer in left)) for name, left in sets.items()}
     times: dict[str, list[float]] = {name: [] for name in sets}
     engine.install()
-    with torch.no_grad(), decoder._installed():
-        decoder._check_model()
-        cache = decoder._cache(1, CACHE_BLOCK)
-        token = prefill(model, ids, mask, cache, decoder.keyword).argmax(-1, keepdim=True)
-        tokens = _decoding_pass(1, ids.shape[1], [int(mask.sum())])
-        inputs = decoder._inputs(token, tokens, full, cache)
+    with decoder.planned_steps(list(plans.values()), batch["input_ids"], batch["attention_mask"]) as steps:
         for plan in plans.values():
-            decoder.plans.steps[plan] = compiled_step(decode_planned_token)
-            decoder._planned(plan, (1, CACHE_BLOCK), inputs)  # compiles
+            steps[plan]()  # compiles
         for _ in range(args.calls):
             for name, plan in plans.items():
-                rewind(cache, tokens.past)
                 start = time.perf_counter()
-                decoder._planned(plan, (1, CACHE_BLOCK), inputs)
+                steps[plan]()
                 times[name].append(time.perf_counter() - start)
     for name, xs in times.items():
         xs.sort()

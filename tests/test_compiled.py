@@ -157,6 +157,25 @@ def test_a_first_guess_is_compiled_at_once_and_given_up_where_it_fails() -> None
     assert right in book.steps and book.summary()["plans_compiled"] == 2
 
 
+def test_planned_steps_decode_one_position_per_plan(model: torch.nn.Module) -> None:
+    """``planned_steps`` (for timing plans alone): each call decodes the token after the prompt
+    again (the cache rewound), the plan without skips as the eager model does, a plan leaving out
+    a block otherwise."""
+    batch = tiny_batches()[0]
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        token = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
+        longer = torch.cat([mask, mask.new_ones(1, 1)], 1)
+        want = model(input_ids=torch.cat([ids, token], 1), attention_mask=longer).logits[:, -1]
+    with attach(model, POLICIES["static"]) as engine:
+        decoder = CompiledDecoder(model, engine)
+        full, gone = Plan(1), Plan(1, ((max(engine.rule.skippable), (0,)),))
+        with decoder.planned_steps([full, gone], ids, mask) as steps:
+            first, again, other = steps[full](), steps[full](), steps[gone]()
+    assert torch.allclose(first, want, atol=1e-4) and torch.equal(first, again)
+    assert not torch.allclose(other, want, atol=1e-4)
+
+
 def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where inductor refuses to capture a planned step as a CUDA graph (as it raises under
     ``GRAPH_OPTIONS``, wrapped by dynamo), the step runs compiled without one, every later plan

@@ -275,6 +275,30 @@ class CompiledDecoder:
                     break
         return torch.cat(out, 1)
 
+    @contextmanager
+    def planned_steps(
+        self, plans: Sequence[Plan], input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> Iterator[dict[Plan, Callable[[], torch.Tensor]]]:
+        """Each plan's compiled step (compiled here) as a call that decodes the first token after
+        the prompt, the cache rewound before each call so that every call decodes the same
+        position: [batch, vocab] logits. For timing plans alone (``scripts/planned_step_cost.py``)."""
+        batch, width = input_ids.shape
+        with torch.no_grad(), self._installed():
+            self._check_model()
+            cache = self._cache(batch, CACHE_BLOCK)
+            logits = prefill(self.model, input_ids, attention_mask, cache, self.keyword)
+            full = torch.cat([attention_mask, attention_mask.new_ones(batch, CACHE_BLOCK - width)], 1)
+            tokens = _decoding_pass(batch, width, attention_mask.sum(1).tolist())
+            args = self._inputs(logits.argmax(-1, keepdim=True), tokens, full, cache)
+            for plan in plans:
+                self.plans.steps.setdefault(plan, compiled_step(decode_planned_token, self.graphs))
+
+            def call(plan: Plan) -> torch.Tensor:
+                rewind(cache, tokens.past)
+                return self._planned(plan, (batch, CACHE_BLOCK), args)[0]
+
+            yield {plan: lambda plan=plan: call(plan) for plan in plans}
+
     def _check_model(self) -> None:
         """Compile every step anew, with new caches, where the model is not as the compiled steps
         saw it (they do not guard its modules: ``compiling.py``); RuntimeError where its modules

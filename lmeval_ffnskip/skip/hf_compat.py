@@ -156,7 +156,7 @@ def rewind(cache: Cache, length: int) -> None:
 
 class ItemRouting:
     """What ``kernels``' routing variable (its ``CompileableContextVar``) does inside a compiled
-    function, one global value, kept as a dict item: torch 2.13's dynamo loses an attribute store
+    function, one global value, kept as a dict item: torch 2.13-2.14's dynamo loses an attribute store
     made on an object after a ``torch.cond`` where the same attribute was stored before it (item
     stores it keeps), and that variable stores attributes in every attention, around the compiled
     general step's per-layer branches."""
