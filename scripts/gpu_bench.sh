@@ -15,7 +15,7 @@
 #   3. the 7B shape at batch 8, ffnskip at 31% only;
 #   4. two smaller shapes, eager path only, in lockstep.
 # usage: bash scripts/gpu_bench.sh OUT_DIR      (on the device tool: bash scripts/gpu_bench.sh "$OUT")
-# dry run on a CPU: DEVICE=cpu DTYPE=float32 SHAPE=smollm2-135m THIN=--thin SCALE=4 bash scripts/gpu_bench.sh /tmp/dry
+# dry run on a CPU: DEVICE=cpu DTYPE=float32 SHAPE=smollm2-135m THIN=--thin SCALE=3 bash scripts/gpu_bench.sh /tmp/dry
 # Needs only torch and transformers (run from the repository root; nothing is downloaded).
 set -uo pipefail
 cd "$(dirname "$0")/.."

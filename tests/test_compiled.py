@@ -143,18 +143,23 @@ def test_the_first_guess_fires_where_a_real_similarity_can(
 
 
 def test_a_first_guess_is_compiled_at_once_and_given_up_where_it_fails() -> None:
-    """A shape's first guess is compiled when made, once per shape; one that fails before it ever
-    held gives its step up (it takes no place among the plans kept), one that held keeps it."""
+    """A shape's first guess gets its step when made, once per shape. One that fails before it
+    ever held gives up its place (its step kept aside and reused if its plan comes due), and no
+    more first guesses are made; one that held keeps its step."""
     book = PlanBook(object)
     wrong, right = Plan(1, ((5, (0,)),), (4,)), Plan(1, ((6, (0,)),), (4,))
-    assert book.first_guess("a", lambda: wrong) is wrong and wrong in book.steps
-    assert book.first_guess("a", lambda: right) is None  # once per shape
+    assert book.first_guess("a", lambda: right) is right
+    book.held("a", right)
     book.failed("a")
-    assert wrong not in book.steps and book.guess("a") is None
-    assert book.first_guess("b", lambda: right) is right
-    book.held("b", right)
+    assert right in book.steps
+    assert book.first_guess("b", lambda: wrong) is wrong and wrong in book.steps
+    assert book.first_guess("b", lambda: right) is None  # once per shape
+    step = book.steps[wrong]
     book.failed("b")
-    assert right in book.steps and book.summary()["plans_compiled"] == 2
+    assert wrong not in book.steps and book.guess("b") is None
+    assert book.first_guess("c", lambda: wrong) is None  # no more first guesses
+    assert book.step("d", wrong) is None and book.step("d", wrong) is step  # due: reused
+    assert book.summary()["plans_compiled"] == 2
 
 
 def test_planned_steps_decode_one_position_per_plan(model: torch.nn.Module) -> None:
@@ -330,21 +335,29 @@ def _kernel_routed(forward: object) -> object:
 
 def test_attention_routed_by_kernels_compiles_around_the_branches(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where transformers' attention is wrapped by ``kernels``' routing (attribute stores in every
-    attention, which torch 2.13's dynamo loses across the general step's ``torch.cond``), the
-    general step still compiles and decides as the eager engine; the routing variable is the
-    package's own again afterwards."""
+    attention, which torch 2.13-2.14's dynamo loses across the general step's ``torch.cond``), the
+    general step still compiles and decides as the eager engine, the variable swapped for a
+    traceable one while the path decodes and put back after; and transformers' own collector of
+    outputs (the same kind of variable) is left as it was: the next eager call returns its hidden
+    states (none came back once a general step had run, before it was swapped too)."""
     model = tiny_model("llama", n_layers=6)
     attention = type(model.model.layers[0].self_attn)
     monkeypatch.setattr(attention, "forward", _kernel_routed(attention.forward))
     policy, batch = POLICIES["static"], tiny_batches()[0]
+    before = _ACTIVE_KERNEL_FUNCS
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
         decoder = CompiledDecoder(model, engine)
+        with decoder._installed():
+            assert globals()["_ACTIVE_KERNEL_FUNCS"] is hf_compat.VARIABLES["_ACTIVE_KERNEL_FUNCS"]
         have = decoder.generate(
             batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
         )
     assert decoder.summary()["general_steps"] > 0 and torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
-    assert globals()["_ACTIVE_KERNEL_FUNCS"] is not hf_compat.ROUTING
+    assert globals()["_ACTIVE_KERNEL_FUNCS"] is before
+    with torch.no_grad():
+        hidden = model(**batch, output_hidden_states=True).hidden_states
+    assert hidden is not None and len(hidden) == model.config.num_hidden_layers + 1

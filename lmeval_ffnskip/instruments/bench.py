@@ -548,6 +548,7 @@ def run_bench(
             copy_bandwidth(model.device) / 1e9,
             streamed_bytes(model) / 1e9,
         )
+        torch.cuda.empty_cache()  # the copy's buffers, before any run
     if shape is not None:
         env["weights"] = "random (shape only: the speed columns mean something, nothing else does)"
     if thin:

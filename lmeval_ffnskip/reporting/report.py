@@ -313,7 +313,7 @@ def speed_scaling(benches: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(
                 {
                     "model": env.get("model", "?").removeprefix("shape:"),
-                    # a bench stopped midway (``complete`` False) names what it did not measure
+                    # a bench stopped midway (``complete`` False): what the whole run did not measure
                     "pending": doc.get("pending", []),
                     "random": "weights" in env,
                     "thin": "widths" in env,

@@ -40,7 +40,7 @@ from transformers import StaticCache
 from .compiled import BlockPatches, StepContext
 from .compiling import REFUSALS_RAISE, ModelState, compiled_step, graph_refusal
 from .engine import SkipEngine
-from .hf_compat import PassTokens, cache_keyword, rewind, traceable_kernel_routing
+from .hf_compat import PassTokens, cache_keyword, rewind, traceable_context_variables
 from .plans import Plan, PlanBook, replay
 from .rows import PassSkips
 from .rule import FFNRule
@@ -186,7 +186,7 @@ class CompiledDecoder:
     def _installed(self) -> Iterator[None]:
         self.engine.remove()
         try:
-            with self.patches.installed(), traceable_kernel_routing(self.model):
+            with self.patches.installed(), traceable_context_variables(self.model):
                 yield
         finally:
             self.engine.install()
@@ -279,9 +279,10 @@ class CompiledDecoder:
     def planned_steps(
         self, plans: Sequence[Plan], input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> Iterator[dict[Plan, Callable[[], torch.Tensor]]]:
-        """Each plan's compiled step (compiled here) as a call that decodes the first token after
-        the prompt, the cache rewound before each call so that every call decodes the same
-        position: [batch, vocab] logits. For timing plans alone (``scripts/planned_step_cost.py``)."""
+        """Each plan's step (compiled at its first call) as a call that decodes the first token
+        after the prompt, the cache rewound before each call so that every call decodes the same
+        position: [batch, vocab] logits; the calls work inside the block only. For timing plans
+        alone (``scripts/planned_step_cost.py``)."""
         batch, width = input_ids.shape
         with torch.no_grad(), self._installed():
             self._check_model()

@@ -24,9 +24,11 @@ from .provenance import package_version
 CACHE_KEYWORDS = ("cache", "past_key_values")
 # the transformers releases the test suite runs on (tox envs `oldest`, `locked`, `latest`)
 TESTED_TRANSFORMERS = ("5.0.0", "5.23.0", "5.25.0")
-# the global through which the ``kernels`` package's ``use_kernelized_func`` wrapper (on Llama's
-# attention, say, from transformers 5.25) routes a module's kernel functions
-KERNEL_ROUTING = "_ACTIVE_KERNEL_FUNCS"
+# module globals in which the HF stack keeps a forward pass's state by attribute stores (its
+# ``CompileableContextVar``s): the ``kernels`` package's routing of a module's kernel functions
+# (``use_kernelized_func``, on Llama's attention from transformers 5.25) and transformers' collector
+# of the outputs a call asks for (``output_hidden_states``, ...)
+CONTEXT_VARIABLES = ("_ACTIVE_KERNEL_FUNCS", "_active_collector")
 
 
 class IncompatibleTransformers(RuntimeError):
@@ -154,12 +156,14 @@ def rewind(cache: Cache, length: int) -> None:
             )
 
 
-class ItemRouting:
-    """What ``kernels``' routing variable (its ``CompileableContextVar``) does inside a compiled
-    function, one global value, kept as a dict item: torch 2.13-2.14's dynamo loses an attribute store
-    made on an object after a ``torch.cond`` where the same attribute was stored before it (item
-    stores it keeps), and that variable stores attributes in every attention, around the compiled
-    general step's per-layer branches."""
+class ItemVariable:
+    """What one of ``CONTEXT_VARIABLES`` does inside a compiled function, one global value, kept as
+    a dict item. torch 2.13-2.14's dynamo loses an attribute store made on an object after a
+    ``torch.cond`` where the same attribute was stored before it (item stores it keeps), and those
+    variables store attributes around the compiled general step's per-layer branches: the
+    compiled step failed (``kernels``' variable), or left transformers' collector stale, so that
+    the next eager call returned no hidden states. Shared by the whole process while swapped in
+    (the real variables are per thread in eager code)."""
 
     def __init__(self) -> None:
         self.state: dict[str, object] = {"value": None}
@@ -176,35 +180,38 @@ class ItemRouting:
         self.state["value"] = token
 
 
-ROUTING = ItemRouting()  # one object for every generation: compiled code guards the global's identity
+# one object per variable for every generation: compiled code guards the globals' identity
+VARIABLES = {name: ItemVariable() for name in CONTEXT_VARIABLES}
 
 
 @contextmanager
-def traceable_kernel_routing(model: nn.Module) -> Iterator[None]:
-    """While the block runs, ``kernels``' routing variable is ``ROUTING`` in every module
-    namespace whose ``use_kernelized_func`` wrapper is a layer of a forward of ``model``'s modules
-    (found through the wrappers' globals; none: nothing changes). A namespace whose variable is not a
-    get / set / reset object is refused by name."""
+def traceable_context_variables(model: nn.Module) -> Iterator[None]:
+    """While the block runs, each of ``CONTEXT_VARIABLES`` is its ``VARIABLES`` object in every
+    module namespace that holds it and a layer of a forward of ``model``'s modules (a decorator's
+    wrapper, found through its globals; none: nothing changes); the originals are put back after.
+    A variable that is not a get / set / reset object is refused by name."""
     spaces: dict[int, dict[str, object]] = {}
     for module in model.modules():
         wrapper = type(module).forward
         while (inner := getattr(wrapper, "__wrapped__", None)) is not None:  # each decorator's layer
             names = getattr(wrapper, "__globals__", {})
-            if KERNEL_ROUTING in names:
+            if any(name in names for name in CONTEXT_VARIABLES):
                 spaces[id(names)] = names
             wrapper = inner
-    saved = [(names, names[KERNEL_ROUTING]) for names in spaces.values()]
-    for names, routing in saved:
-        if not all(callable(getattr(routing, verb, None)) for verb in ("get", "set", "reset")):
+    saved = [
+        (names, name, names[name]) for names in spaces.values() for name in CONTEXT_VARIABLES if name in names
+    ]
+    for names, name, variable in saved:
+        if not all(callable(getattr(variable, verb, None)) for verb in ("get", "set", "reset")):
             raise IncompatibleTransformers(
-                f"{names.get('__name__')}.{KERNEL_ROUTING} is a {type(routing).__name__}, not the "
-                "get / set / reset variable the compiled decoding path replaces"
+                f"{names.get('__name__')}.{name} is a {type(variable).__name__}, not the get / set / "
+                "reset variable the compiled decoding path replaces"
             )
-    ROUTING.state["value"] = None
-    for names, _ in saved:
-        names[KERNEL_ROUTING] = ROUTING
+    for names, name, _ in saved:
+        VARIABLES[name].state["value"] = None
+        names[name] = VARIABLES[name]
     try:
         yield
     finally:
-        for names, routing in saved:
-            names[KERNEL_ROUTING] = routing
+        for names, name, variable in saved:
+            names[name] = variable

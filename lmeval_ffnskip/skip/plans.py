@@ -99,7 +99,8 @@ class PlanBook:
         self._guess: dict[object, Plan] = {}
         self._opened: set[object] = set()  # shapes whose first guess was made
         self._untried: set[Plan] = set()  # first guesses compiled that have not held yet
-        self._dropped = 0  # first guesses compiled and given up
+        self._spare: dict[Plan, Callable[..., object]] = {}  # first guesses given up, kept for reuse
+        self._guessing = True  # first guesses are made until one fails before it ever held
         # decoding steps by how they were decoded: a planned step whose plan held (``planned``),
         # the general step (``general``), and planned steps discarded and decoded again (``discarded``)
         self.planned = self.general = self.discarded = 0
@@ -107,7 +108,7 @@ class PlanBook:
     def summary(self) -> dict[str, int]:
         """How this decoder's steps were decoded, and how many plans it compiled."""
         return {
-            "plans_compiled": len(self.steps) + self._dropped,
+            "plans_compiled": len(self.steps) + len(self._spare),
             "planned_steps": self.planned,
             "general_steps": self.general,
             "discarded_steps": self.discarded,
@@ -120,22 +121,24 @@ class PlanBook:
         if step is None:
             due = self._last.get(shape) == plan or not (plan.skips or plan.measured)
             if due and len(self.steps) < MAX_PLANS:
-                step = self.steps[plan] = self._compile_step()
+                step = self.steps[plan] = self._spare.pop(plan, None) or self._compile_step()
         self._last[shape] = plan
         return step
 
     def renew(self) -> None:
         """Every plan's step compiled anew (``compile_step`` again) at its next call."""
         self.steps = {plan: self._compile_step() for plan in self.steps}
+        self._spare.clear()
 
     def guess(self, shape: object) -> Plan | None:
         return self._guess.get(shape)
 
     def first_guess(self, shape: object, plan_of: Callable[[], Plan | None]) -> Plan | None:
-        """The guess of the first step of ``shape`` that asks for one (``plan_of()``, compiled
-        now); None at every later step, where ``plan_of`` gives none, or where ``MAX_PLANS``
-        are compiled."""
-        if shape in self._opened:
+        """The guess of the first step of ``shape`` that asks for one (``plan_of()``, its step
+        made now and compiled at its first call); None at every later step, where ``plan_of``
+        gives none, where ``MAX_PLANS`` are kept, or once a first guess failed before it ever held
+        (a rule whose first guesses do not hold would pay a compile at every new shape)."""
+        if shape in self._opened or not self._guessing:
             return None
         self._opened.add(shape)
         plan = plan_of()
@@ -153,10 +156,12 @@ class PlanBook:
         self._untried.discard(plan)
 
     def failed(self, shape: object) -> None:
-        """The guess at ``shape`` did not hold; a first guess that never held gives up its step
-        (so that it takes none of the ``MAX_PLANS``)."""
+        """The guess at ``shape`` did not hold. A first guess that never held gives up its place
+        among the ``MAX_PLANS`` (its step kept aside, reused if its plan comes due), and no more
+        first guesses are made."""
         plan = self._guess.pop(shape, None)
         if plan in self._untried:
             self._untried.discard(plan)
-            del self.steps[plan]
-            self._dropped += 1
+            self._spare[plan] = self.steps.pop(plan)
+            self._guessing = False
+            self._guess = {other: guess for other, guess in self._guess.items() if guess != plan}
