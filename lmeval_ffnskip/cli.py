@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -81,6 +80,7 @@ def bench_main(argv: list[str]) -> int:
 
     from .harness.options import flag, numbers
     from .instruments.bench import OPTIONS, check_options, run_bench
+    from .taskdata.data import write_json
 
     try:
         options = {
@@ -102,7 +102,7 @@ def bench_main(argv: list[str]) -> int:
         }
         check_options(options, flag)  # named as typed, before anything loads
         # rewritten after each batch size and path: a run stopped midway keeps what it measured
-        write = None if args.json is None else lambda payload: _write_json(args.json, payload)
+        write = None if args.json is None else lambda payload: write_json(args.json, payload)
         payload = run_bench(**options, on_rows=write)
     except ValueError as err:
         print(f"ffnskip bench: {err}", file=sys.stderr)
@@ -131,13 +131,6 @@ def bench_main(argv: list[str]) -> int:
         if "ms_per_read" in r:
             print(f"batch {r['batch_size']}: one check and its host read add {r['ms_per_read']:.3f} ms/step")
     return 0
-
-
-def _write_json(path: Path, payload: object) -> None:
-    """``payload`` as ``path``, replaced whole (a reader never sees half a file)."""
-    part = path.with_name(path.name + ".part")
-    part.write_text(json.dumps(payload, indent=2))
-    os.replace(part, path)
 
 
 def _samples_files(paths: list[Path]) -> list[Path]:

@@ -29,7 +29,7 @@ from ..skip.adapters import ffn_sites
 from ..skip.engine import generate_fixed, generation_stats
 from ..skip.provenance import versions
 from ..skip.settings import SkipPolicy
-from ..taskdata.data import wikitext_articles
+from ..taskdata.data import wikitext_articles, write_json
 from .options import Number, check_all
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
@@ -286,9 +286,7 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
     """``compute()``'s JSON, read from ``path`` or computed once and written whole."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text(json.dumps(compute(), indent=2))
-        tmp.replace(path)
+        write_json(path, compute())
     return json.loads(path.read_text())
 
 

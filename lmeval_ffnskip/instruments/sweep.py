@@ -28,7 +28,6 @@ import inspect
 import itertools
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from typing import Any
 
 from ..harness.options import Methods, Number, Words, check_all
 from ..skip.naming import DENSE, config_name
-from ..taskdata.data import read_jsonl
+from ..taskdata.data import read_jsonl, write_json
 from ..taskdata.metrics import rouge
 
 SHIPPED = Path(__file__).resolve().parent / "sweeps"
@@ -231,12 +230,10 @@ def cells(cfg: SweepConfig) -> list[Cell]:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON whole or not at all."""
+    """Write JSON whole or not at all (lm-eval's results hold objects only it serialises)."""
     from lm_eval.utils import handle_non_serializable
 
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=handle_non_serializable))
-    os.replace(tmp, path)
+    write_json(path, payload, default=handle_non_serializable)
 
 
 def cell_settings(cfg: SweepConfig, model: str, cell: Cell) -> dict[str, Any]:

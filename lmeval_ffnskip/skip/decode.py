@@ -292,7 +292,7 @@ class CompiledDecoder:
             tokens = _decoding_pass(batch, width, attention_mask.sum(1).tolist())
             args = self._inputs(logits.argmax(-1, keepdim=True), tokens, full, cache)
             for plan in plans:
-                self.plans.steps.setdefault(plan, compiled_step(decode_planned_token, self.graphs))
+                self.plans.add(plan)
 
             def call(plan: Plan) -> torch.Tensor:
                 rewind(cache, tokens.past)

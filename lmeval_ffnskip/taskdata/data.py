@@ -235,6 +235,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def write_json(path: Path, payload: object, default: Callable[[object], object] | None = None) -> None:
+    """``payload`` as ``path``, written whole or not at all (a reader never sees half a file;
+    the temporary name is per process); ``default`` as ``json.dumps`` takes it."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, default=default))
+    os.replace(tmp, path)
+
+
 def tasks_dir() -> Path:
     """The shipped lm-eval task YAMLs (inside the wheel, or ``tasks/`` of a source checkout)."""
     package = Path(__file__).resolve().parent.parent
