@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install lmeval-ffnskip (editable, with [dev]) and its embedded models into the current Python.
-# Idempotent. usage: bash scripts/setup.sh [locked|oldest|latest]   (default: locked)
-#   locked  the exact set README's figures were measured with (constraints/locked.txt)
-#   oldest  pyproject's lower bounds (constraints/oldest.txt)
-#   latest  the newest releases the registry has, keeping the installed torch
+# Idempotent. usage: bash scripts/setup.sh [locked|oldest|latest|newest-torch]   (default: locked)
+#   locked        the exact set README's figures were measured with (constraints/locked.txt)
+#   oldest        pyproject's lower bounds (constraints/oldest.txt)
+#   latest        the newest releases the registry has, keeping the installed torch
+#   newest-torch  the locked set on the newest torch tested (constraints/newest-torch.txt)
 # torch is pinned first to the CPU build so that no multi-GB CUDA build is pulled in; a machine
 # without that wheel (a GPU machine with its own torch) keeps the torch it has. TORCH_PIN=X.Y.Z
-# pins another release instead, and fails where it cannot be installed (tox -e newest-torch).
+# pins another release instead, and fails where it cannot be installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,7 +15,11 @@ SET=${1:-locked}
 PIP=("$PY" -m pip install -q --disable-pip-version-check)
 case "$SET" in
   locked | oldest | latest) ;;
-  *) echo "scripts/setup.sh: unknown set '$SET'; use locked, oldest or latest" >&2; exit 2 ;;
+  newest-torch)
+    TORCH_PIN=${TORCH_PIN:-$(sed -n 's/^torch==//p' constraints/newest-torch.txt)}
+    SET=locked
+    ;;
+  *) echo "scripts/setup.sh: unknown set '$SET'; use locked, oldest, latest or newest-torch" >&2; exit 2 ;;
 esac
 if [ -n "${TORCH_PIN:-}" ]; then
   "${PIP[@]}" "torch==$TORCH_PIN"
