@@ -6,7 +6,9 @@ compiled whole four ways: dense, without the 24 middle FFNs, and with each middl
 ``torch.cond`` on a flag, all flags set (every block runs) or none (every block skipped). The
 difference per middle layer between the branched and the plain steps is what one branch costs;
 dense minus skipped per middle layer is what one FFN costs. Lower decile and median of
-interleaved calls, batch 1, fp32, on the CPU.
+interleaved calls, batch 1, fp32, 2 threads, on the CPU; each step compiled as the compiled
+decoding path compiles its steps (``fullgraph=True, dynamic=False``, inductor's defaults), the
+weights closed over (so graph inputs, as the model's parameters are).
 
 usage: python3 scripts/cond_cost.py [--calls 300] [--cpp-wrapper]
 """
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lmeval_ffnskip.skip.compiling import own_copy
 from lmeval_ffnskip.skip.provenance import versions
 
 LAYERS, WIDTH, FFN_WIDTH, COLD = 32, 64, 172, 4
@@ -48,6 +51,7 @@ def stack() -> Callable[[torch.Tensor, torch.Tensor | None, str], torch.Tensor]:
             if COLD <= i < LAYERS - COLD and mid == "skip":
                 continue
             if COLD <= i < LAYERS - COLD and mid == "cond":
+                assert run is not None
                 h = h + torch.cond(run[i], lambda h, i=i: ffn(i, h), torch.zeros_like, (h,))
             else:
                 h = h + ffn(i, h)
@@ -63,13 +67,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     step = stack()
-    options = {"cpp_wrapper": args.cpp_wrapper}
-    plain = torch.compile(lambda h, mid: step(h, None, mid), fullgraph=True, options=options)
-    branched = torch.compile(lambda h, run: step(h, run, "cond"), fullgraph=True, options=options)
+
+    def compiled(mid: str) -> Callable[..., torch.Tensor]:
+        """The step with its middle FFNs run as ``mid`` says, compiled as its own code object."""
+
+        def fn(h: torch.Tensor, run: torch.Tensor | None = None) -> torch.Tensor:
+            return step(h, run, mid)
+
+        options = {"cpp_wrapper": args.cpp_wrapper}
+        return torch.compile(own_copy(fn), fullgraph=True, dynamic=False, options=options)
+
+    dense, skipped, branched = compiled("dense"), compiled("skip"), compiled("cond")
     flags = {True: torch.ones(LAYERS, dtype=torch.bool), False: torch.zeros(LAYERS, dtype=torch.bool)}
     calls = {
-        "dense": lambda h: plain(h, "dense"),
-        "skipped": lambda h: plain(h, "skip"),
+        "dense": dense,
+        "skipped": skipped,
         "cond, all run": lambda h: branched(h, flags[True]),
         "cond, all skipped": lambda h: branched(h, flags[False]),
     }

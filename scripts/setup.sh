@@ -16,7 +16,11 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check)
 case "$SET" in
   locked | oldest | latest) ;;
   newest-torch)
-    TORCH_PIN=${TORCH_PIN:-$(sed -n 's/^torch==//p' constraints/newest-torch.txt)}
+    TORCH_PIN=${TORCH_PIN:-$(sed -n 's/^torch==\([0-9][0-9.]*\).*/\1/p' constraints/newest-torch.txt)}
+    if [ -z "$TORCH_PIN" ]; then
+      echo "scripts/setup.sh: constraints/newest-torch.txt has no torch==X.Y.Z line" >&2
+      exit 2
+    fi
     SET=locked
     ;;
   *) echo "scripts/setup.sh: unknown set '$SET'; use locked, oldest, latest or newest-torch" >&2; exit 2 ;;
@@ -38,7 +42,7 @@ else
   trap 'rm -f "$LIST"' EXIT
   # a torch other than the set's stays (a CUDA build, say); everything else follows the set
   grep -v "^torch==" "constraints/$SET.txt" > "$LIST"
-  grep -q "^torch==$TORCH\$" "constraints/$SET.txt" \
+  [ -n "${TORCH_PIN:-}" ] || grep -q "^torch==$TORCH\$" "constraints/$SET.txt" \
     || echo "scripts/setup.sh: keeping torch $TORCH (the $SET set has $(grep '^torch==' "constraints/$SET.txt"))" >&2
   PIN=(-c "$LIST")
 fi

@@ -292,27 +292,28 @@ def test_every_step_is_compiled_without_module_guards(monkeypatch: pytest.Monkey
     compiling.compiled_step(decode_one_token)
     compiling.compiled_step(decode_one_token, graphs=True)
     assert [options["guard_filter_fn"] for options in given] == [GUARD_FILTER] * 2
-    assert [options["size_asserts"] for options in given] == [False] * 2
     assert given[1]["triton.cudagraphs"] and "triton.cudagraphs" not in given[0]
 
 
 def test_a_parameter_given_other_strides_is_compiled_anew() -> None:
-    """Neither module guards nor inductor's size checks look at the parameters on each call; a
-    weight whose storage was replaced by the same values in another layout (transposed strides)
-    between two generations is noticed by ``generate``, which compiles anew: the same tokens.
-    Steps that kept the old layout would read the weight transposed."""
+    """The steps carry no guards on the parameters; a weight whose storage was replaced by the
+    same values in another layout (transposed strides) between two generations is noticed by
+    ``generate``, which compiles every step anew: the same tokens. (Steps compiled for the old
+    layout fail inductor's input checks.)"""
     model = tiny_model("llama", n_layers=4)
     policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     args = (batch["input_ids"], batch["attention_mask"], NEW)
     with attach(model, policy) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
-        step = decoder._step
+        step, planned = decoder._step, dict(decoder.plans.steps)
+        assert planned  # ffnskip firing at once: every eligible step was planned
         weight = model.model.layers[2].mlp.down_proj.weight
         weight.data = weight.data.t().contiguous().t()
         assert not weight.is_contiguous()
         assert torch.equal(decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1), before)
         assert decoder._step is not step
+        assert all(decoder.plans.steps.get(plan) is not old for plan, old in planned.items())
 
 
 class AttributeRouting:

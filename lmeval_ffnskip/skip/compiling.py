@@ -4,12 +4,13 @@ Each step is compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, i
 own code object, without dynamo's guards on the model's modules: of a planned step's ~8,500
 guard entries on the thin Llama-2-7B shape, ~7,000 check the modules' attributes, parameters and
 hooks on every call, 0.8 ms of a 2.6 ms step (``guard_filter_fn``, PyTorch's "reducing guard
-overhead" knob). Nor does inductor's code check each input's sizes and strides on every call
-(``size_asserts``: one call per input, about 400 on that shape, 0.35 ms of a 2.9 ms step): the
-step's own arguments are guarded by dynamo, and what the dropped module guards and those checks
-would have caught is compared once per generation instead (``ModelState``). On CUDA a step may
-be captured as a CUDA graph; inductor is told to raise where it would skip the capture, and
-``graph_refusal`` reads its reason from what reaches the caller.
+overhead" knob). What those guards would have caught is compared once per generation instead
+(``ModelState``). Inductor's own per-call layout checks stay (``size_asserts``: about 400 calls a
+step on that shape, most of them on inputs that guards or ``ModelState`` cover): the same flag
+checks the layout of each fallback kernel's output, which a torch release that mispredicts it
+would otherwise turn into wrong values instead of an error. On CUDA a step may be captured as a
+CUDA graph (whose replays run no checks); inductor is told to raise where it would skip the
+capture, and ``graph_refusal`` reads its reason from what reaches the caller.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ GRAPH_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
 # around a graph's call: a capture refused when called (a mutated input, re-recordings) raises too
 REFUSALS_RAISE = {"triton.cudagraph_or_error": True}
 GUARD_FILTER = torch.compiler.skip_guard_on_all_nn_modules_unsafe
-# no per-call size and stride checks of the inputs in inductor's code (``ModelState`` compares them)
-UNCHECKED = {"size_asserts": False}
 _PLAIN = (bool, int, float, str, type(None))
 
 
@@ -36,7 +35,7 @@ def compiled_step(fn: types.FunctionType, graphs: bool = False) -> Callable[...,
     """``fn`` compiled whole, as its own code object, without guards on the model's modules
     (``graphs``: captured as a CUDA graph)."""
     # a new dict each call: torch.compile pops ``guard_filter_fn`` from the one it is given
-    options = {"guard_filter_fn": GUARD_FILTER, **UNCHECKED, **(GRAPH_OPTIONS if graphs else {})}
+    options = {"guard_filter_fn": GUARD_FILTER, **(GRAPH_OPTIONS if graphs else {})}
     return torch.compile(own_copy(fn), fullgraph=True, dynamic=False, options=options)
 
 
