@@ -1,7 +1,7 @@
 """The compiled decoding path (``skip/decode.py``) makes the eager engine's decisions: per-token
 skip masks, counters and greedy tokens, at batch 1, in a left-padded batch, and where rows stop
-early (EOS, with padding after), whichever way each step was decoded (a planned step that held,
-a guess discarded and decoded again, the general step). On an 8-layer model."""
+early (EOS, with padding after), with its decisions read once per generation. On an 8-layer
+model."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import pytest
 import torch
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
-from lmeval_ffnskip.skip import compiling, decode, hf_compat
-from lmeval_ffnskip.skip.compiling import GUARD_FILTER, graph_refusal, own_copy
-from lmeval_ffnskip.skip.decode import CompiledDecoder, decode_one_token
+from lmeval_ffnskip.skip import compiling
+from lmeval_ffnskip.skip.compiling import graph_refusal
+from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
-from lmeval_ffnskip.skip.plans import Plan, PlanBook
-from lmeval_ffnskip.skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
+from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
 
 NEW = 10
 POLICIES = {
@@ -25,7 +24,7 @@ POLICIES = {
     "random": SkipPolicy(method="random", target_skip=0.5, warmup=1, refresh_every=3),
     # a threshold some similarities reach: decisions change from token to token
     "ffnskip": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=0.92),
-    # fires at its first check: the same decisions every token, guesses hold
+    # fires at its first check: the same decisions every token
     "ffnskip-at-once": SkipPolicy(method="ffnskip", target_skip=0.25, warmup=2, threshold=ALWAYS),
     # a level that some tokens' similarities reach and others' do not: both kinds of skip occur
     "spread": SkipPolicy(method="spread", target_skip=0.25, warmup=1, calibration=((0.85, 0.05),) * 8),
@@ -88,105 +87,37 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
     for want, have in zip(eager.history, compiled.history, strict=True):
         assert torch.equal(want, have)
     summary, mine = eager.stats.summary(), compiled.stats.summary()
-    steps = decoder.summary()
-    reads = policy.method in ("ffnskip", "spread")
-    # a rule that reads similarities: one read per step with eligible rows, one more per discarded guess
-    assert mine.pop("host_syncs") == (mine["passes"] + steps["discarded_steps"] if reads else 0)
+    # the decisions are read once per generation with eligible rows (three; dense has none), not per token
+    assert mine.pop("host_syncs") == (0 if method == "dense" else 3)
     summary.pop("host_syncs")
     assert mine == summary
-    decoded = steps["planned_steps"] + steps["general_steps"]
-    assert decoded == len(compiled.history) - 3  # every pass but the three generations' prefills
+    assert decoder.summary()["steps"] == len(compiled.history) - 3  # every pass but the prefills
+    assert decoder.summary()["shapes_compiled"] == 2  # batch 1 and 3
     if method != "dense":
         assert mine["skipped"] > 0
     if method in ("ffnskip", "spread"):  # similarity decided some skips, not all
         assert 0 < mine["never_fired"] < mine["eligible"]
-    if method == "dense":
-        assert steps["general_steps"] == 0 and steps["plans_compiled"] == 2  # batch 1 and 3
-    if method == "ffnskip-at-once":  # the first guess (every similarity 1) holds: no general step
-        assert steps["discarded_steps"] == steps["general_steps"] == 0 and steps["planned_steps"] > 0
 
 
-def test_a_guess_that_fails_is_decoded_again(model: torch.nn.Module) -> None:
-    """A compiled guess whose decisions the rule does not make is discarded and the token decoded
-    again at the same cache position: the eager engine's tokens and masks all the same."""
-    policy, batch = POLICIES["ffnskip"], tiny_batches()[0]
-    with attach(model, policy, record=True) as eager:
-        want = generate_fixed(model, batch, NEW)
-    with attach(model, policy, record=True) as engine:
-        decoder = CompiledDecoder(model, engine)
-        last = max(engine.rule.skippable)
-        wrong = Plan(1, ((last, (0,)),), tuple(engine.rule.checked))  # a skip the rule never makes
-        for _ in range(2):  # decided at two consecutive steps: compiled
-            decoder.plans.step((1, 256), wrong)
-        decoder.plans.held((1, 256), wrong)
-        have = decoder.generate(batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW)
-    assert decoder.plans.summary()["discarded_steps"] >= 1
-    assert torch.equal(want, have)
-    for a, b in zip(eager.history, engine.history, strict=True):
-        assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize(
-    ("threshold", "skips"), [(ALWAYS, True), (0.999, True), (CHECKS_ONLY, False), (NEVER, False)]
-)
-def test_the_first_guess_fires_where_a_real_similarity_can(
-    model: torch.nn.Module, threshold: float, skips: bool
-) -> None:
-    """ffnskip's first guess fires at its first check for any threshold a real similarity (below
-    1) reaches, and never at ``checks-only``'s (1: every check runs, none fires)."""
-    policy = SkipPolicy(method="ffnskip", target_skip=0.25, warmup=0, threshold=threshold)
-    with attach(model, policy) as engine:
-        plan = CompiledDecoder(model, engine)._first_guess((1, 256), [True], [7])
-    checked = tuple(engine.rule.checked)
-    assert plan is not None and bool(plan.skips) == skips
-    assert plan.measured == (checked[:1] if skips else checked if threshold == CHECKS_ONLY else ())
-
-
-def test_a_first_guess_is_compiled_at_once_and_given_up_where_it_fails() -> None:
-    """A shape's first guess gets its step when made, once per shape. One that fails before it
-    ever held gives up its place (its step kept aside and reused if its plan comes due), and no
-    more first guesses are made; one that held keeps its step."""
-    book = PlanBook(object)
-    wrong, right = Plan(1, ((5, (0,)),), (4,)), Plan(1, ((6, (0,)),), (4,))
-    assert book.first_guess("a", lambda: right) is right
-    book.held("a", right)
-    book.failed("a")
-    assert right in book.steps
-    assert book.first_guess("b", lambda: wrong) is wrong and wrong in book.steps
-    assert book.first_guess("b", lambda: right) is None  # once per shape
-    step = book.steps[wrong]
-    book.failed("b")
-    assert wrong not in book.steps and book.guess("b") is None
-    assert book.first_guess("c", lambda: wrong) is None  # no more first guesses
-    assert book.step("d", wrong) is None and book.step("d", wrong) is step  # due: reused
-    assert book.summary()["plans_compiled"] == 2
-
-
-def test_planned_steps_decode_one_position_per_plan(model: torch.nn.Module) -> None:
-    """``planned_steps`` (for timing plans alone): each call decodes the token after the prompt
-    again (the cache rewound), the plan without skips as the eager model does, a plan leaving out
-    a block otherwise."""
-    batch = tiny_batches()[0]
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    with torch.no_grad():
-        token = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1, keepdim=True)
-        longer = torch.cat([mask, mask.new_ones(1, 1)], 1)
-        want = model(input_ids=torch.cat([ids, token], 1), attention_mask=longer).logits[:, -1]
-    with attach(model, POLICIES["static"]) as engine:
-        decoder = CompiledDecoder(model, engine)
-        full, gone = Plan(1), Plan(1, ((max(engine.rule.skippable), (0,)),))
-        with decoder.planned_steps([full, gone], ids, mask) as steps:
-            first, again, other = steps[full](), steps[full](), steps[gone]()
-    assert torch.allclose(first, want, atol=1e-4) and torch.equal(first, again)
-    assert not torch.allclose(other, want, atol=1e-4)
+def test_gemma_mlp_same_decisions_as_eager() -> None:
+    """Gemma's GELU-tanh MLP through the op (Gemma 1: no sliding-window layers)."""
+    model = tiny_model("gemma", n_layers=8)
+    policy = POLICIES["ffnskip"]
+    eager, expected = _eager(model, policy, eos=-1)
+    compiled, got, _ = _compiled(model, policy, eos=-1)
+    for want, have in zip(expected, got, strict=True):
+        assert torch.equal(want, have)
+    for want, have in zip(eager.history, compiled.history, strict=True):
+        assert torch.equal(want, have)
+    assert compiled.stats.summary()["skipped"] > 0
 
 
 def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where inductor refuses to capture a planned step as a CUDA graph (as it raises under
-    ``GRAPH_OPTIONS``, wrapped by dynamo), the step runs compiled without one, every later plan
-    too, and the decoder's summary gives the reason; tokens and masks stay the eager engine's."""
+    """Where inductor refuses to capture the step as a CUDA graph (as it raises under
+    ``GRAPH_OPTIONS``, wrapped by dynamo), the step runs compiled without one and the decoder's
+    summary gives the reason; tokens and masks stay the eager engine's."""
     reason = "skipping cudagraphs due to mutated inputs (1 instances)"
-    compiled_step = decode.compiled_step
+    compiled_step = compiling.compiled_step
 
     def refusing(fn: object, graphs: bool = False) -> object:
         if not graphs:
@@ -197,20 +128,21 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
 
         return step
 
-    monkeypatch.setattr(decode, "compiled_step", refusing)
+    monkeypatch.setattr(compiling, "compiled_step", refusing)
     policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
         decoder = CompiledDecoder(model, engine)
         assert decoder.summary()["cuda_graphs"] == "off: decoding on cpu"
-        decoder.graphs = True  # as on CUDA
+        decoder.step.graphs = True  # as on CUDA
+        decoder.step._compiled = refusing(None, graphs=True)
         have = decoder.generate(
             batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
         )
     summary = decoder.summary()
-    assert summary["cuda_graphs"] == f"off: {reason}" and not decoder.graphs
-    assert summary["planned_steps"] > 0 and summary["plans_compiled"] == 2  # no skips, then the rule's
+    assert summary["cuda_graphs"] == f"off: {reason}" and not decoder.step.graphs
+    assert summary["steps"] == NEW - 1
     assert torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
@@ -228,12 +160,12 @@ def test_a_changed_model_is_compiled_anew() -> None:
     with attach(model, policy) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
-        step = decoder._step
+        step = decoder.step._compiled
         assert torch.equal(decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1), before)
-        assert decoder._step is step  # unchanged: not compiled again
+        assert decoder.step._compiled is step  # unchanged: not compiled again
         model.model.norm.register_forward_hook(lambda module, inputs, out: -out)
         have = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
-        assert decoder._step is not step
+        assert decoder.step._compiled is not step
         layer = model.model.layers[1]
         mlp, layer.mlp = layer.mlp, type(layer.mlp)(model.config)
         with pytest.raises(RuntimeError, match="attach the engine again"):
@@ -274,27 +206,6 @@ def test_sliding_window_models_refused() -> None:
         CompiledDecoder(model, engine)
 
 
-def test_each_decoder_compiles_its_own_code() -> None:
-    assert own_copy(decode_one_token).__code__ is not own_copy(decode_one_token).__code__
-
-
-def test_every_step_is_compiled_without_module_guards(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each step is compiled with the module-guard filter (torch.compile pops ``guard_filter_fn``
-    from the options it is given, so a shared dict would filter only the first)."""
-    given: list[dict] = []
-
-    def compile(fn: object, **kwargs: object) -> object:
-        given.append(dict(kwargs["options"]))
-        kwargs["options"].pop("guard_filter_fn")  # as torch.compile does
-        return fn
-
-    monkeypatch.setattr(torch, "compile", compile)
-    compiling.compiled_step(decode_one_token)
-    compiling.compiled_step(decode_one_token, graphs=True)
-    assert [options["guard_filter_fn"] for options in given] == [GUARD_FILTER] * 2
-    assert given[1]["triton.cudagraphs"] and "triton.cudagraphs" not in given[0]
-
-
 def test_a_parameter_given_other_strides_is_compiled_anew() -> None:
     """The steps carry no guards on the parameters; a weight whose storage was replaced by the
     same values in another layout (transposed strides) between two generations is noticed by
@@ -306,14 +217,12 @@ def test_a_parameter_given_other_strides_is_compiled_anew() -> None:
     with attach(model, policy) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
-        step, planned = decoder._step, dict(decoder.plans.steps)
-        assert planned  # ffnskip firing at once: every eligible step was planned
+        step = decoder.step._compiled
         weight = model.model.layers[2].mlp.down_proj.weight
         weight.data = weight.data.t().contiguous().t()
         assert not weight.is_contiguous()
         assert torch.equal(decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1), before)
-        assert decoder._step is not step
-        assert all(decoder.plans.steps.get(plan) is not old for plan, old in planned.items())
+        assert decoder.step._compiled is not step
 
 
 class AttributeRouting:
@@ -354,28 +263,24 @@ def _kernel_routed(forward: object) -> object:
     return routed
 
 
-def test_attention_routed_by_kernels_compiles_around_the_branches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where transformers' attention is wrapped by ``kernels``' routing (attribute stores in every
-    attention, which torch 2.13-2.14's dynamo loses across the general step's ``torch.cond``), the
-    general step still compiles and decides as the eager engine, the variable swapped for a
-    traceable one while the path decodes and put back after; and transformers' own collector of
-    outputs (the same kind of variable) is left as it was: the next eager call returns its hidden
-    states (none came back once a general step had run, before it was swapped too)."""
+def test_attention_routed_by_kernels_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where transformers' attention is wrapped by ``kernels``' routing (a global variable whose
+    attributes every attention sets and resets; transformers' own output collector is the same
+    kind of object), the step compiles and decides as the eager engine, and the variable is left
+    as it was: the next eager call returns its hidden states."""
     model = tiny_model("llama", n_layers=6)
     attention = type(model.model.layers[0].self_attn)
     monkeypatch.setattr(attention, "forward", _kernel_routed(attention.forward))
-    policy, batch = POLICIES["static"], tiny_batches()[0]
+    policy, batch = POLICIES["ffnskip"], tiny_batches()[0]
     before = _ACTIVE_KERNEL_FUNCS
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
         decoder = CompiledDecoder(model, engine)
-        with decoder._installed():
-            assert globals()["_ACTIVE_KERNEL_FUNCS"] is hf_compat.VARIABLES["_ACTIVE_KERNEL_FUNCS"]
         have = decoder.generate(
             batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
         )
-    assert decoder.summary()["general_steps"] > 0 and torch.equal(want, have)
+    assert torch.equal(want, have)
     for a, b in zip(eager.history, engine.history, strict=True):
         assert torch.equal(a, b)
     assert globals()["_ACTIVE_KERNEL_FUNCS"] is before

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache
 
 import lmeval_ffnskip
 from lmeval_ffnskip.skip import hf_compat
@@ -22,7 +22,6 @@ from lmeval_ffnskip.skip.hf_compat import (
     cache_keyword,
     find_cache,
     output_cache,
-    rewind,
 )
 from lmeval_ffnskip.skip.provenance import versions
 from lmeval_ffnskip.skip.settings import SkipPolicy
@@ -178,20 +177,3 @@ def test_every_json_names_the_source_commit_it_ran():
     head = run(["git", "rev-parse", "HEAD"]).stdout.strip()
     modified = run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lmeval_ffnskip"]).stdout
     assert commit == (f"{head}+modified" if modified.strip() else head)
-
-
-def test_rewind_resets_a_static_cache_to_a_position() -> None:
-    """A step decoded again writes where the first attempt did: the static layers' counters go
-    back to the position, and a counter that is not a tensor is refused by name."""
-    model = tiny_model("llama", n_layers=2)
-    cache = StaticCache(config=model.config, max_cache_len=16)
-    ids = torch.tensor([[5, 6, 7]])
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=True, **{cache_keyword(model): cache})
-    counters = [getattr(layer, "cumulative_length", None) for layer in cache.layers]
-    rewind(cache, 2)
-    if all(isinstance(c, torch.Tensor) for c in counters):  # releases that count (5.17 on)
-        assert [int(c) for c in counters] == [2, 2]
-    cache.layers[0].cumulative_length = 3
-    with pytest.raises(IncompatibleTransformers, match="counts its length as int"):
-        rewind(cache, 2)

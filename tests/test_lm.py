@@ -155,9 +155,9 @@ def test_compiled_path_gives_the_eager_answers_and_counts(task_manager):
     assert other["stats"]["skipped"] > 0
     assert one["compile_s"] is None and other["compile_s"] > 0
     steps = other["compiled_steps"]
-    assert one["compiled_steps"] is None and steps["planned_steps"] + steps["general_steps"] > 0
-    # one read of the similarities per step with eligible rows, one more per discarded guess
-    assert other["stats"]["host_syncs"] == other["stats"]["passes"] + steps["discarded_steps"]
+    assert one["compiled_steps"] is None and steps["steps"] > 0
+    # the decisions are read once per generate call (here one batch), not per token
+    assert other["stats"]["host_syncs"] == 1 < other["stats"]["passes"]
 
 
 def test_loglikelihood_skips_only_with_skip_prompt(task_manager, caplog):

@@ -273,7 +273,7 @@ class FFNSkipLM(HFLM):
             "device": str(self.device),  # where it ran (lm-eval's default cuda:0 may mean the CPU)
             # generate_until on the compiled path: the seconds its compiling calls took
             "compile_s": None if self.decoder is None else self.decoder.compile_s,
-            # and how its steps were decoded (skip/plans.py): planned, general, discarded
+            # and how its steps ran: steps decoded, batch shapes compiled, CUDA graphs on or why not
             "compiled_steps": None if self.decoder is None else self.decoder.summary(),
         }
         return info

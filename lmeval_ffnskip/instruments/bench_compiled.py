@@ -2,7 +2,7 @@
 
 ``compiled``: each configuration decoded by ``skip.decode.CompiledDecoder`` (static KV cache,
 one compiled step per token) instead of HF ``generate``, timed per step, after an untimed run
-of the full length (which compiles the steps and plans it needs) and in round-robin repetitions
+of the full length (which compiles the step for the batch shape) and in round-robin repetitions
 as ``bench._generate_runs``; configurations without a device
 form (plain HF, the layer methods) have no compiled row. ``hf-static``: what a user would pick
 instead, plain HF ``generate`` with ``cache_implementation="static"``, which compiles the

@@ -1,21 +1,22 @@
-"""How the compiled decoding path's steps are compiled, and when they must be compiled again.
+"""How the compiled decoding path's step is compiled, and when it must be compiled again.
 
-Each step is compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, inductor) as its
-own code object, without dynamo's guards on the model's modules: of a planned step's ~8,500
-guard entries on the thin Llama-2-7B shape, ~7,000 check the modules' attributes, parameters and
-hooks on every call, 0.8 ms of a 2.6 ms step (``guard_filter_fn``, PyTorch's "reducing guard
-overhead" knob). What those guards would have caught is compared once per generation instead
-(``ModelState``). Inductor's own per-call layout checks stay (``size_asserts``: about 400 calls a
-step on that shape, most of them on inputs that guards or ``ModelState`` cover): the same flag
-checks the layout of each fallback kernel's output, which a torch release that mispredicts it
-would otherwise turn into wrong values instead of an error. On CUDA a step may be captured as a
-CUDA graph (whose replays run no checks); inductor is told to raise where it would skip the
-capture, and ``graph_refusal`` reads its reason from what reaches the caller.
+The step is compiled whole (``torch.compile(fullgraph=True, dynamic=False)``, inductor: one
+compile per batch shape) as its own code object, without dynamo's guards on the model's modules
+(``guard_filter_fn``, PyTorch's "reducing guard overhead" knob: most of a step's guards check the
+modules' attributes, parameters and hooks on every call). What those guards would have caught is
+compared once per generation instead (``ModelState``). Inductor's own per-call layout checks stay
+(``size_asserts``): the same flag checks each fallback kernel's output layout, which a torch
+release that mispredicts it would otherwise turn into wrong values instead of an error. On CUDA
+the step is captured as a CUDA graph (whose replays run no checks); inductor is told to raise
+where it would skip the capture, and ``graph_refusal`` reads its reason from what reaches the
+caller: the step is then compiled without, the reason kept (``CompiledStep.summary``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,77 @@ GRAPH_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
 REFUSALS_RAISE = {"triton.cudagraph_or_error": True}
 GUARD_FILTER = torch.compiler.skip_guard_on_all_nn_modules_unsafe
 _PLAIN = (bool, int, float, str, type(None))
+
+log = logging.getLogger(__name__)
+
+
+class CompiledStep:
+    """``fn`` (a step over ``model``) compiled as above, called like ``fn``; on CUDA its outputs
+    are copied out of the graph's memory (the next replay writes there)."""
+
+    def __init__(self, fn: types.FunctionType, model: nn.Module) -> None:
+        self.fn, self.model = fn, model
+        self.graphs = model.device.type == "cuda"
+        self.refused: str | None = None  # inductor's reason for refusing the CUDA graph
+        self.compile_s = 0.0  # seconds spent in calls that compiled (the first per shape)
+        self.calls = 0
+        self._shapes: set[tuple[torch.Size, ...]] = set()
+        self._seen: ModelState | None = None  # the model as the compiled step saw it
+        self._compiled = compiled_step(fn, self.graphs)
+
+    def summary(self) -> dict[str, object]:
+        """Steps decoded, batch shapes compiled, and where the step ran as a CUDA graph (``on``,
+        or ``off: <why>``)."""
+        graphs = "on" if self.graphs else f"off: {self.refused or f'decoding on {self.model.device.type}'}"
+        return {"steps": self.calls, "shapes_compiled": len(self._shapes), "cuda_graphs": graphs}
+
+    def renew_if_changed(self) -> bool:
+        """Compile the step anew where the model is not as it saw it (it does not guard its
+        modules), and say so; RuntimeError where its modules are not the ones it was made for
+        (a caller's patches are on those)."""
+        state, seen = ModelState.of(self.model), self._seen
+        if seen is not None and not state.same_modules(seen):
+            raise RuntimeError(
+                "the model's modules changed since the compiled decoding path was attached to it; "
+                "attach the engine again"
+            )
+        self._seen = state
+        if seen is None or state.matches(seen):
+            return False
+        log.info("compiled decoding: the model changed since its step was compiled; recompiling")
+        self._compiled = compiled_step(self.fn, self.graphs)
+        self._shapes.clear()
+        return True
+
+    def __call__(self, *args: object) -> tuple[torch.Tensor, ...]:
+        shape = tuple(a.shape for a in args if isinstance(a, torch.Tensor))
+        start = time.perf_counter() if shape not in self._shapes else None
+        try:
+            out = self._graphed(args) if self.graphs else None
+            if out is None:
+                out = self._compiled(*args)
+        finally:
+            if start is not None:  # a call that failed compiling counts too
+                self.compile_s += time.perf_counter() - start
+                self._shapes.add(shape)
+        self.calls += 1
+        return out
+
+    def _graphed(self, args: tuple[object, ...]) -> tuple[torch.Tensor, ...] | None:
+        """The step as a CUDA graph, its outputs copied; None where inductor refused the graph,
+        which it does before the step runs: the step is then compiled without."""
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs have been copied
+        try:
+            with torch._inductor.config.patch(REFUSALS_RAISE):
+                out = self._compiled(*args)
+        except RuntimeError as error:
+            if (reason := graph_refusal(error)) is None:
+                raise
+            log.warning("compiled decoding: the step runs without CUDA graphs: %s", reason)
+            self.graphs, self.refused = False, reason
+            self._compiled = compiled_step(self.fn)
+            return None
+        return tuple(t.clone() for t in out)
 
 
 def compiled_step(fn: types.FunctionType, graphs: bool = False) -> Callable[..., object]:

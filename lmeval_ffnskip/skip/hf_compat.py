@@ -10,8 +10,6 @@ installed version instead of being read as "no cache" (which would run every ste
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,11 +22,6 @@ from .provenance import package_version
 CACHE_KEYWORDS = ("cache", "past_key_values")
 # the transformers releases the test suite runs on (tox envs `oldest`, `locked`, `latest`)
 TESTED_TRANSFORMERS = ("5.0.0", "5.23.0", "5.25.0")
-# module globals in which the HF stack keeps a forward pass's state by attribute stores (its
-# ``CompileableContextVar``s): the ``kernels`` package's routing of a module's kernel functions
-# (``use_kernelized_func``, on Llama's attention from transformers 5.25) and transformers' collector
-# of the outputs a call asks for (``output_hidden_states``, ...)
-CONTEXT_VARIABLES = ("_ACTIVE_KERNEL_FUNCS", "_active_collector")
 
 
 class IncompatibleTransformers(RuntimeError):
@@ -138,80 +131,3 @@ class PassTokens:
                 real.append(flag)
                 pos.append(count - 1)
         return cls(batch, length, past, real, pos, before)
-
-
-def rewind(cache: Cache, length: int) -> None:
-    """Make ``cache``'s next write land at position ``length`` (a step decoded again at the same
-    position). From transformers 5.x's later releases a static layer writes where its own tensor
-    counter ``cumulative_length`` says, not at the ``cache_position`` it is given; earlier
-    releases' static layers have no counter and write at ``cache_position``."""
-    for index, layer in enumerate(cache.layers):
-        counter = getattr(layer, "cumulative_length", None)
-        if isinstance(counter, torch.Tensor):
-            counter.fill_(length)
-        elif counter is not None:
-            raise IncompatibleTransformers(
-                f"static cache layer {index} ({type(layer).__name__}) counts its length as "
-                f"{type(counter).__name__}, so a step cannot be decoded again at the same position"
-            )
-
-
-class ItemVariable:
-    """What one of ``CONTEXT_VARIABLES`` does inside a compiled function, one global value, kept as
-    a dict item. torch 2.13-2.14's dynamo loses an attribute store made on an object after a
-    ``torch.cond`` where the same attribute was stored before it (item stores it keeps), and those
-    variables store attributes around the compiled general step's per-layer branches: the
-    compiled step failed (``kernels``' variable), or left transformers' collector stale, so that
-    the next eager call returned no hidden states. Shared by the whole process while swapped in
-    (the real variables are per thread in eager code)."""
-
-    def __init__(self) -> None:
-        self.state: dict[str, object] = {"value": None}
-
-    def get(self) -> object:
-        return self.state["value"]
-
-    def set(self, value: object) -> object:
-        previous = self.state["value"]
-        self.state["value"] = value
-        return previous
-
-    def reset(self, token: object) -> None:
-        self.state["value"] = token
-
-
-# one object per variable for every generation: compiled code guards the globals' identity
-VARIABLES = {name: ItemVariable() for name in CONTEXT_VARIABLES}
-
-
-@contextmanager
-def traceable_context_variables(model: nn.Module) -> Iterator[None]:
-    """While the block runs, each of ``CONTEXT_VARIABLES`` is its ``VARIABLES`` object in every
-    module namespace that holds it and a layer of a forward of ``model``'s modules (a decorator's
-    wrapper, found through its globals; none: nothing changes); the originals are put back after.
-    A variable that is not a get / set / reset object is refused by name."""
-    spaces: dict[int, dict[str, object]] = {}
-    for module in model.modules():
-        wrapper = type(module).forward
-        while (inner := getattr(wrapper, "__wrapped__", None)) is not None:  # each decorator's layer
-            names = getattr(wrapper, "__globals__", {})
-            if any(name in names for name in CONTEXT_VARIABLES):
-                spaces[id(names)] = names
-            wrapper = inner
-    saved = [
-        (names, name, names[name]) for names in spaces.values() for name in CONTEXT_VARIABLES if name in names
-    ]
-    for names, name, variable in saved:
-        if not all(callable(getattr(variable, verb, None)) for verb in ("get", "set", "reset")):
-            raise IncompatibleTransformers(
-                f"{names.get('__name__')}.{name} is a {type(variable).__name__}, not the get / set / "
-                "reset variable the compiled decoding path replaces"
-            )
-    for names, name, _ in saved:
-        VARIABLES[name].state["value"] = None
-        names[name] = VARIABLES[name]
-    try:
-        yield
-    finally:
-        for names, name, variable in saved:
-            names[name] = variable

@@ -89,3 +89,20 @@ class PassSkips:
         for layer, rows in self._skipping.items():
             skip[rows, layer] = True
         return skip
+
+
+class SettledPass(PassSkips):
+    """The record of a pass decided elsewhere (a compiled step, on the device): ``mask`` [N,
+    n_layers] which rows skipped which FFNs, ``never`` [N] the eligible rows whose rule never
+    fired."""
+
+    def __init__(self, eligible: list[bool], mask: torch.Tensor, never: torch.Tensor) -> None:
+        super().__init__(eligible, mask.shape[1])
+        for layer, rows in enumerate(mask.T.tolist()):
+            skipping = [row for row, skips in enumerate(rows) if skips]
+            if skipping:
+                self.skip(layer, skipping)
+        self._never = never.nonzero().flatten().tolist()
+
+    def never_rows(self) -> list[int]:
+        return self._never

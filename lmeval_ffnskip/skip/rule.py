@@ -51,11 +51,10 @@ launch-bound a small tensor operation per pass costs what a kernel launch does.
 Optionally, ``device()`` returns the rule's device form (``device.DeviceForm``): the same
 decisions as tensor operations inside one compiled decoding step (``compiled.py``), with no host
 read. By default None: the compiled path refuses the method by name. The base ``DeviceForm``
-serves rules whose ``begin`` decides everything up front (dense, static, random). The compiled
-path also replays the record on the host (``plans.replay``) with the similarities a step
-returned, so ``begin`` may be called more than once for one pass: it must decide from its
-arguments and the rule's settings alone (a cache of draws is fine; state that changes a later
-call's answer is not).
+serves rules whose ``begin`` decides everything up front (dense, static, random): it calls
+``begin`` on the host and hands the step its mask. A form that decides inside the step is a
+second writing of the rule's decisions; ``tests/test_device_forms.py`` drives every built-in
+rule's two forms with the same similarities and requires the same decisions.
 
 A layer rule: ``layout_for`` resolves the cold layers (the engine then sets k to the whole
 layers n that save what k FFNs would); ``Rule(policy, layout, protected)`` (``protected``: the
