@@ -1,14 +1,14 @@
 """Does the compiled decoding path make the eager engine's decisions on this device?
 
 A tiny random Llama (8 layers, fp32) decodes 12 tokens on the eager engine and on the compiled
-path (on CUDA: planned steps as CUDA graphs) in three cases: ffnskip firing at its first check
-(planned steps; its warm-up steps the no-skip plan, as dense) at batch 1 and in a left-padded
-batch of 3, and ffnskip at a threshold that some similarities reach (guesses that fail: a CUDA
-graph's step discarded, the cache rewound, the general step) in the padded batch. Per-pass
-skip masks must be equal, and the skip counters; greedy tokens are compared and reported (a
-random tiny model's logits can tie within fp32 rounding, where two kernels may pick different
-tokens). Prints one JSON line per case; exit 1 where masks or counters differ. Needs only
-torch and transformers.
+path (on CUDA: one CUDA graph per step, the skippable FFN blocks by the op's Triton kernels) in
+three cases: ffnskip firing at its first check at batch 1 and in a left-padded batch of 3, and
+ffnskip at a threshold that some similarities reach in the padded batch (there a similarity
+within the two paths' rounding of the threshold could decide otherwise: the Triton kernels and
+cuBLAS sum in different orders). Per-pass skip masks must be equal, and the skip counters;
+greedy tokens are compared and reported (a random tiny model's logits can tie within fp32
+rounding, where two kernels may pick different tokens). Prints one JSON line per case; exit 1
+where masks or counters differ. Needs torch, transformers and triton.
 
 usage: python3 scripts/gpu_check.py [--device cuda]
 """
