@@ -99,9 +99,11 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
         assert 0 < mine["never_fired"] < mine["eligible"]
 
 
-def test_gemma_mlp_same_decisions_as_eager() -> None:
-    """Gemma's GELU-tanh MLP through the op (Gemma 1: no sliding-window layers)."""
-    model = tiny_model("gemma", n_layers=8)
+@pytest.mark.parametrize("model_type", ["gemma", "olmo2", "granite"])
+def test_other_families_same_decisions_as_eager(model_type: str) -> None:
+    """Gemma's GELU-tanh MLP through the op, OLMo-2's block without an input norm, Granite's
+    scaled residual add."""
+    model = tiny_model(model_type, n_layers=8)
     policy = POLICIES["ffnskip"]
     eager, expected = _eager(model, policy, eos=-1)
     compiled, got, _ = _compiled(model, policy, eos=-1)
@@ -110,6 +112,15 @@ def test_gemma_mlp_same_decisions_as_eager() -> None:
     for want, have in zip(eager.history, compiled.history, strict=True):
         assert torch.equal(want, have)
     assert compiled.stats.summary()["skipped"] > 0
+
+
+@pytest.mark.parametrize(
+    ("model_type", "why"), [("phi3", "gate_proj"), ("starcoder2", "gate_proj"), ("qwen3_moe", "gate_proj")]
+)
+def test_blocks_the_op_cannot_run_are_refused(model_type: str, why: str) -> None:
+    model = tiny_model(model_type, n_layers=4)
+    with attach(model, POLICIES["ffnskip"]) as engine, pytest.raises(NotImplementedError, match=why):
+        CompiledDecoder(model, engine)
 
 
 def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -81,14 +81,14 @@ def similarities(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: i
             h = kept[site.index]
             if h.shape[1] != 1:  # the prompt pass
                 return
-            block = site.out_norm(out) if site.out_norm is not None else out
+            block = (site.out_norm(out) if site.out_norm is not None else out) * site.scale
             if site.index == 0:
                 steps.append([])
             steps[-1].append(torch.cosine_similarity(h.float(), (h + block).float(), dim=-1).flatten())
 
         return hook
 
-    handles = [s.in_norm.register_forward_pre_hook(keep(s.index)) for s in sites]
+    handles = [s.entry.register_forward_pre_hook(keep(s.index)) for s in sites]
     handles += [s.mlp.register_forward_hook(measure(s)) for s in sites]
     try:
         generate_fixed(model, batch, new_tokens)

@@ -1,8 +1,13 @@
 """Where the FFN block sits in a stock transformers decoder layer, per architecture.
 
-Every supported layer computes ``h = h + out_norm(mlp(in_norm(h)))`` after attention, where
-``out_norm`` is absent for Llama-style layers. The engine needs the three modules; nothing
-here copies or replaces HF modeling code.
+Every supported layer computes ``h = h + scale * out_norm(block(in_norm(h)))`` after attention,
+where ``in_norm`` is absent in OLMo-2-style layers (the block reads ``h`` itself), ``out_norm``
+absent in Llama-style ones, and ``scale`` is 1 but in Granite's (its ``residual_multiplier``).
+The block is a dense MLP or a mixture of experts (router, experts and any shared expert as one
+module: a skipped block runs none of them). The engine needs these modules and the scale; the
+facts per architecture are written once, in ``ARCHITECTURES``, and nothing here copies or
+replaces HF modeling code. Architectures whose layers have no such block are refused by name,
+with the reason (``REFUSED``).
 """
 
 from __future__ import annotations
@@ -11,55 +16,129 @@ from dataclasses import dataclass
 
 from torch import nn
 
-# model_type -> (input norm of the FFN, output norm of the FFN or None)
-ARCHITECTURES: dict[str, tuple[str, str | None]] = {
-    "llama": ("post_attention_layernorm", None),
-    "mistral": ("post_attention_layernorm", None),
-    "qwen2": ("post_attention_layernorm", None),
-    "qwen3": ("post_attention_layernorm", None),
-    "gemma": ("post_attention_layernorm", None),
-    "gemma2": ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
-    "gemma3_text": ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+
+@dataclass(frozen=True)
+class Family:
+    """How one architecture's decoder layer holds its FFN block: the attribute names of the
+    block's input norm (None: the block reads the residual stream itself) and output norm (None:
+    none), of the block, and of the config value that scales the block's output in the residual
+    add (None: 1)."""
+
+    in_norm: str | None = "post_attention_layernorm"
+    out_norm: str | None = None
+    block: str = "mlp"
+    scale: str | None = None
+
+
+ARCHITECTURES: dict[str, Family] = {
+    # dense, sequential
+    "llama": Family(),
+    "mistral": Family(),
+    "qwen2": Family(),
+    "qwen3": Family(),
+    "smollm3": Family(),
+    "phi3": Family(),  # gate and up projections fused in one linear
+    "glm4": Family(out_norm="post_mlp_layernorm"),
+    "starcoder2": Family(),  # not gated: c_fc, c_proj
+    "granite": Family(scale="residual_multiplier"),
+    "olmo2": Family(in_norm=None, out_norm="post_feedforward_layernorm"),
+    "olmo3": Family(in_norm=None, out_norm="post_feedforward_layernorm"),
+    "gemma": Family(),
+    "gemma2": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
+    "gemma3_text": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
+    # mixture of experts (the router and every expert, shared ones too, are the block)
+    "qwen3_moe": Family(),
+    "qwen2_moe": Family(),
+    "mixtral": Family(),
+    "olmoe": Family(),
+    "deepseek_v3": Family(),  # dense blocks in the first layers, experts after
+    "granitemoe": Family(block="block_sparse_moe", scale="residual_multiplier"),
+}
+
+# model_type -> why its layers have no FFN block the rule can skip
+_PARALLEL = (
+    "attention and FFN read the same input in parallel (no residual stream between them whose "
+    "similarity before and after the FFN the rule could measure)"
+)
+_RECURRENT = "its layers mix tokens with a recurrent state, not attention then an FFN block"
+REFUSED: dict[str, str] = {
+    "gpt_neox": _PARALLEL,
+    "phi": _PARALLEL,
+    "falcon": _PARALLEL,
+    "gptj": _PARALLEL,
+    "cohere": _PARALLEL,
+    "mamba": _RECURRENT,
+    "mamba2": _RECURRENT,
+    "falcon_h1": _RECURRENT,
+    "lfm2": _RECURRENT,
+    "jamba": _RECURRENT,
+    "qwen3_next": _RECURRENT,
+    "gpt_oss": "its expert block returns its router scores beside its output, which the engine does not "
+    "yet stand in for when the block is skipped",
 }
 
 
 @dataclass(frozen=True)
 class FFNSite:
-    """The FFN block of one decoder layer."""
+    """The FFN block of one decoder layer: ``mlp`` is the block (dense or experts), ``in_norm`` /
+    ``out_norm`` its norms (either may be None), ``scale`` what the layer multiplies its output
+    by before adding it to the residual stream."""
 
     index: int
     mlp: nn.Module
-    in_norm: nn.Module
+    in_norm: nn.Module | None
     out_norm: nn.Module | None
+    scale: float = 1.0
+
+    @property
+    def entry(self) -> nn.Module:
+        """The block's first module, whose input is the residual stream ``h``."""
+        return self.in_norm if self.in_norm is not None else self.mlp
 
 
 def check_model_type(model_type: str | None) -> None:
-    """NotImplementedError naming ``model_type`` and the supported ones unless it is one of them
-    (``ffn_sites`` asks the loaded model; ``checkpoints.preflight`` asks config.json first)."""
+    """NotImplementedError naming ``model_type`` and the reason, or the supported ones, unless it
+    is one of them (``ffn_sites`` asks the loaded model; ``checkpoints.preflight`` asks
+    config.json first)."""
+    if model_type in REFUSED:
+        raise NotImplementedError(
+            f"FFN skipping does not support model_type={model_type!r}: {REFUSED[model_type]}"
+        )
     if model_type not in ARCHITECTURES:
         raise NotImplementedError(
             f"FFN skipping does not support model_type={model_type!r}; supported: "
-            f"{', '.join(sorted(ARCHITECTURES))}. Other dense decoder-only models need an entry "
-            "in lmeval_ffnskip/skip/adapters.py:ARCHITECTURES."
+            f"{', '.join(sorted(ARCHITECTURES))}. Other decoder-only models whose layers add an FFN "
+            "block to the residual stream after attention need an entry in "
+            "lmeval_ffnskip/skip/adapters.py:ARCHITECTURES."
         )
 
 
 def ffn_sites(model: nn.Module) -> tuple[nn.Module, list[FFNSite]]:
     """Return the decoder stack (the module that runs all layers) and its FFN sites."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
     check_model_type(model_type)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if layers is None:
         raise NotImplementedError(f"{type(model).__name__} has no decoder `layers`; cannot attach")
-    in_name, out_name = ARCHITECTURES[model_type]
+    if getattr(config, "output_router_logits", False):
+        raise NotImplementedError(
+            f"{model_type}: output_router_logits=True collects every layer's router logits, which a "
+            "skipped expert block does not compute; load the model with output_router_logits=False"
+        )
+    family = ARCHITECTURES[model_type]
+    scale = 1.0 if family.scale is None else float(getattr(config, family.scale))
     sites = []
     for i, layer in enumerate(layers):
-        mlp = getattr(layer, "mlp", None)
-        if not isinstance(mlp, nn.Module) or not hasattr(layer, in_name):
+        names = [family.block, family.in_norm, family.out_norm]
+        modules = [None if name is None else getattr(layer, name, None) for name in names]
+        missing = [name for name, module in zip(names, modules, strict=True) if name and module is None]
+        if missing:
             raise NotImplementedError(
-                f"layer {i} of {type(model).__name__} has no dense `mlp` and `{in_name}`; "
-                "mixture-of-experts and parallel-block layers are not supported"
+                f"layer {i} of {type(model).__name__} has no {', '.join(f'`{m}`' for m in missing)}, "
+                f"where {model_type} layers keep their FFN block"
             )
-        sites.append(FFNSite(i, mlp, getattr(layer, in_name), getattr(layer, out_name) if out_name else None))
+        block, in_norm, out_norm = modules
+        sites.append(FFNSite(i, block, in_norm, out_norm, scale))
     return decoder, sites

@@ -58,10 +58,11 @@ class StepContext:
         self.skipped.clear()
         return mask, never
 
-    def block(self, layer: int, ffn: BlockFFN, h: torch.Tensor) -> torch.Tensor:
-        """What layer ``layer``'s FFN block adds to ``h``, skipped per row as the form decides
-        (``ffn(h, skip)``: the block, ``skip`` None where the layer is never skipped)."""
-        form = self.form
+    def block(self, site: FFNSite, ffn: BlockFFN, h: torch.Tensor) -> torch.Tensor:
+        """Layer ``site``'s FFN block of ``h`` (the layer adds it times ``site.scale``), skipped per
+        row as the form decides (``ffn(h, skip)``: the block, ``skip`` None where the layer is
+        never skipped)."""
+        form, layer = self.form, site.index
         skip = None
         if layer in form.skippable:
             skip, state = form.enter(layer, dict(self.state))
@@ -69,7 +70,8 @@ class StepContext:
             self.skipped[layer] = skip
         out = ffn(h, skip)
         if form.checks_at(layer):
-            self.state.update(form.measured(layer, dict(self.state), cosines(h, out)))
+            added = out if site.scale == 1.0 else out * site.scale
+            self.state.update(form.measured(layer, dict(self.state), cosines(h, added)))
         return out
 
 
@@ -133,7 +135,8 @@ def _block_forwards(
     passes ``h`` on unnormed, so does Gemma's ``mlp``, and the block's last module returns
     ``ctx.block`` of it (by the op with ``activation`` where the layer may be skipped); outside a
     step each runs its stock ``forward``."""
-    in_norm, mlp, out_norm = _stock(site.in_norm), _stock(site.mlp), site.out_norm and _stock(site.out_norm)
+    in_norm = _unchanged if site.in_norm is None else _stock(site.in_norm)
+    mlp, out_norm = _stock(site.mlp), site.out_norm and _stock(site.out_norm)
     last = site.out_norm or site.mlp
     gate, up, down = (getattr(site.mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
 
@@ -152,12 +155,18 @@ def _block_forwards(
         return x if ctx.active else mlp(x)
 
     def end(x: torch.Tensor) -> torch.Tensor:
-        return ctx.block(site.index, ffn, x) if ctx.active else _stock(last)(x)
+        return ctx.block(site, ffn, x) if ctx.active else _stock(last)(x)
 
-    forwards: list[tuple[nn.Module, Forward]] = [(site.in_norm, keep_input)]
+    forwards: list[tuple[nn.Module, Forward]] = []
+    if site.in_norm is not None:
+        forwards.append((site.in_norm, keep_input))
     if last is not site.mlp:
         forwards.append((site.mlp, pass_through))
     return [*forwards, (last, end)]
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _stock(module: nn.Module) -> Callable[..., torch.Tensor]:

@@ -65,7 +65,8 @@ class SkipEngine:
     # -- install / remove -------------------------------------------------------------
     def install(self) -> None:
         """Hook the model (in place): the decoder stack, and only the layers the rule can touch."""
-        if any("forward" in vars(m) for site in self.sites for m in (site.mlp, site.in_norm)):
+        modules = [m for site in self.sites for m in (site.mlp, site.in_norm) if m is not None]
+        if any("forward" in vars(m) for m in modules):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         patches = self._patches
         patches.own(self.decoder, self)
@@ -74,7 +75,8 @@ class SkipEngine:
         checked, skippable = self.rule.checked, self.rule.skippable
         for site in self.sites:
             if site.index in checked or site.index in skippable:
-                patches.patch(site.in_norm, partial(self._ffn_input, site, site.in_norm.forward))
+                if site.in_norm is not None:
+                    patches.patch(site.in_norm, partial(self._ffn_input, site, site.in_norm.forward))
                 patches.patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
                 if site.out_norm is not None:
                     patches.patch(site.out_norm, partial(self._ffn_output, site, site.out_norm.forward))
@@ -128,8 +130,9 @@ class SkipEngine:
     def _ffn_input(
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
     ) -> torch.Tensor:
-        """The FFN's input norm: settle the queued decisions, enter the layer, keep ``h`` for the
-        similarity check; when every row skips the block, return ``h`` without norming it."""
+        """The FFN's input norm (or, where the block has none, the block's input): settle the
+        queued decisions, enter the layer, keep ``h`` for the similarity check; when every row
+        skips the block, return ``h`` without norming it."""
         decisions = self._decisions
         if decisions is None:  # nothing eligible in this pass, or called outside a decoder pass
             return forward(h)
@@ -147,6 +150,8 @@ class SkipEngine:
         decisions = self._decisions
         if decisions is None:
             return forward(x)
+        if site.in_norm is None:  # the block reads h itself: its input is where the layer starts
+            x = self._ffn_input(site, _unchanged, x)
         layer, n = site.index, decisions.n
         n_skip = decisions.skip_count[layer]
         if n_skip == 0:
@@ -159,7 +164,7 @@ class SkipEngine:
             out = forward(flat.index_select(0, keep))
             y = flat.new_zeros(n, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
         if site.out_norm is None and decisions.checks_at(layer):
-            self._measure(layer, decisions, y)
+            self._measure(site, decisions, y)
         return y
 
     def _zeros(self, like: torch.Tensor) -> torch.Tensor:
@@ -188,19 +193,21 @@ class SkipEngine:
             return y
         block = forward(y)
         if decisions.checks_at(site.index):
-            self._measure(site.index, decisions, block)
+            self._measure(site, decisions, block)
         return block
 
-    def _measure(self, layer: int, decisions: PassSkips, block: torch.Tensor) -> None:
+    def _measure(self, site: FFNSite, decisions: PassSkips, block: torch.Tensor) -> None:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger, where
-        ``block`` is what the FFN block adds to the residual stream ``h``.
+        ``block``, times the site's ``scale``, is what the FFN block adds to the residual stream ``h``.
 
         Two device ops (cat, bmm) and one small copy; the cosine and the threshold are
         worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The record's
         ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
-        n, rows = decisions.n, decisions.checking
+        layer, n, rows = site.index, decisions.n, decisions.checking
         h = self._h
+        if site.scale != 1.0:
+            block = block * site.scale
         if h.shape[1] != 1:  # [batch, length, d] -> one [1, d] slice per token (decoding has them)
             h, block = h.reshape(n, 1, -1), block.reshape(n, 1, -1)
         if len(rows) < n:
@@ -222,6 +229,10 @@ class SkipEngine:
             event.synchronize()
         self.stats.host_syncs += 1
         decisions.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
+
+
+def _unchanged(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

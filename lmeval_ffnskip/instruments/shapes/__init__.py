@@ -84,29 +84,61 @@ def token_batch(vocab_size: int, batch_size: int, device: str | torch.device) ->
     return {"input_ids": (ids * mask).to(device), "attention_mask": mask.to(device)}
 
 
+# per architecture, what tiny_model sets beyond the shared tiny widths: a short sliding window, a
+# residual multiplier other than 1, a handful of small experts
+TINY_EXTRA: dict[str, dict[str, object]] = {
+    "gemma3_text": {"sliding_window": 16},
+    "olmo3": {"sliding_window": 16},
+    "granite": {"residual_multiplier": 0.5},
+    "granitemoe": {"residual_multiplier": 0.5, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen3_moe": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 64,
+    },
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "olmoe": {"num_experts": 4, "num_experts_per_tok": 2},
+    "deepseek_v3": {
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1,
+        "n_group": 1,
+        "topk_group": 1,
+        "kv_lora_rank": 16,
+        "q_lora_rank": 32,
+        "qk_rope_head_dim": 8,
+        "head_dim": 8,  # the rotary part of a head
+        "num_key_value_heads": 4,  # latent attention: every head has its keys
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 16,
+    },
+}
+
+
 def tiny_model(model_type: str = "llama", n_layers: int = 8, seed: int = 0) -> nn.Module:
     """A randomly initialised decoder of ``model_type`` small enough to run in milliseconds (fp32,
     on the CPU; pad, EOS and BOS ids 0, 1, 2)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    extra = {"sliding_window": 16} if model_type == "gemma3_text" else {}
-    config = AutoConfig.for_model(
-        model_type,
-        num_hidden_layers=n_layers,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        vocab_size=97,
-        max_position_embeddings=256,
-        initializer_range=0.25,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
-        **extra,
-    )
+    widths = {
+        "num_hidden_layers": n_layers,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "vocab_size": 97,
+        "max_position_embeddings": 256,
+        "initializer_range": 0.25,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+    }
+    config = AutoConfig.for_model(model_type, **{**widths, **TINY_EXTRA.get(model_type, {})})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 

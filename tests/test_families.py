@@ -1,0 +1,151 @@
+"""Every architecture in ``adapters.ARCHITECTURES``, on a tiny random model built from
+transformers' own config class (nothing downloaded): skipping off is the stock model bit for bit;
+a skipped block runs none of its modules (router and experts included) in exactly the layers the
+rule names; and the similarity the rule reads is cos(h, h + scale * out_norm(block(in_norm(h)))),
+the one calibration measures with plain hooks on the stock model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
+from lmeval_ffnskip.skip.adapters import ARCHITECTURES, REFUSED, check_model_type, ffn_sites
+from lmeval_ffnskip.skip.engine import attach, generate_fixed
+from lmeval_ffnskip.skip.hf_compat import cache_keyword
+from lmeval_ffnskip.skip.settings import SkipPolicy
+
+FAMILIES = sorted(ARCHITECTURES)
+N_LAYERS, NEW = 6, 6
+
+
+def _model(model_type: str) -> torch.nn.Module:
+    if not _known(model_type):  # a family newer than this transformers (the oldest tested)
+        pytest.skip(f"this transformers has no model_type={model_type}")
+    return tiny_model(model_type, n_layers=N_LAYERS)
+
+
+def _known(model_type: str) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return model_type in CONFIG_MAPPING_NAMES
+
+
+def _block_calls(model: torch.nn.Module) -> list[int]:
+    """Per layer, how many times its FFN block ran: calls of the busiest of the block's own
+    modules (the router, the first projection: each block call reaches them once)."""
+    calls: list[dict[str, int]] = []
+    for site in ffn_sites(model)[1]:
+        counts: dict[str, int] = {}
+        for name, child in site.mlp.named_children():
+            if any(True for _ in child.parameters()):
+                counts[name] = 0
+                child.register_forward_pre_hook(lambda m, a, c=counts, n=name: c.__setitem__(n, c[n] + 1))
+        calls.append(counts)
+    return calls  # read later with max(counts.values())
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@torch.no_grad()
+def test_skipping_off_is_the_stock_model(model_type: str) -> None:
+    model = _model(model_type)
+    batch = tiny_batches()[1]
+    want = generate_fixed(model, batch, NEW)
+    logits = model(**batch).logits
+    for policy in (SkipPolicy(method="dense"), SkipPolicy(threshold=1.5, warmup=0)):
+        with attach(model, policy):
+            assert torch.equal(model(**batch).logits, logits)
+            assert torch.equal(generate_fixed(model, batch, NEW), want)
+
+
+@pytest.mark.parametrize("method", ["static", "ffnskip"])
+@pytest.mark.parametrize("model_type", FAMILIES)
+@torch.no_grad()
+def test_a_skipped_block_runs_none_of_its_modules(model_type: str, method: str) -> None:
+    model = _model(model_type)
+    calls = _block_calls(model)
+    batch = tiny_batches()[0]
+    # ffnskip fires at its first check (threshold -1), static skips its drawn layers
+    policy = SkipPolicy(method=method, target_skip=0.34, warmup=1, threshold=-1.0, seed=2)
+    with attach(model, policy, record=True) as engine:
+        generate_fixed(model, batch, NEW)
+    skipped = torch.stack([step.reshape(-1, N_LAYERS)[-1] for step in engine.history])  # [passes, layers]
+    passes = len(engine.history)
+    ran = [max(counts.values()) for counts in calls]
+    assert ran == [passes - int(skipped[:, layer].sum()) for layer in range(N_LAYERS)]
+    assert engine.stats.skipped == int(skipped.sum()) > 0
+
+
+def _layer_similarity(model: torch.nn.Module, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """[positions] cos(h, layer output) at ``layer`` over ``ids`` (one stock forward pass), where
+    h is what the FFN block's first module reads: the layer's output is h plus the block's
+    contribution, whatever the family's norms and scale."""
+    seen: dict[str, torch.Tensor] = {}
+    site = ffn_sites(model)[1][layer]
+    hooks = [
+        site.entry.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0])),
+        model.get_decoder()
+        .layers[layer]
+        .register_forward_hook(
+            lambda m, a, out: seen.__setitem__("out", out[0] if isinstance(out, tuple) else out)
+        ),
+    ]
+    try:
+        model(input_ids=ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.cosine_similarity(seen["h"][0].double(), seen["out"][0].double(), dim=-1)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@torch.no_grad()
+def test_the_rule_reads_the_blocks_contribution_to_the_residual_stream(model_type: str) -> None:
+    """ffnskip's first check (layer 1: nothing before it is skipped), decoding given tokens at a
+    threshold between two of their similarities, fires exactly where cos(h, layer output) of the
+    stock model over the same tokens reaches it."""
+    model = _model(model_type)
+    ids = tiny_batches()[0]["input_ids"]
+    first, prompt = 1, ids.shape[1]
+    tokens = generate_fixed(model, {"input_ids": ids}, NEW)
+    stock = _layer_similarity(model, tokens, first)[prompt : prompt + NEW - 1]  # the decoding steps'
+    ordered = stock.sort().values
+    threshold = float(ordered[1] + ordered[2]) / 2  # some reach it, some do not
+    policy = SkipPolicy(
+        method="ffnskip", target_skip=0.2, warmup=0, cold_start=1, cold_end=1, threshold=threshold
+    )
+    cache = {cache_keyword(model): DynamicCache(config=model.config)}
+    with attach(model, policy, record=True) as engine:
+        model(input_ids=tokens[:, :prompt], use_cache=True, **cache)
+        for position in range(prompt, prompt + NEW - 1):  # each step fed the token given
+            model(input_ids=tokens[:, position : position + 1], use_cache=True, **cache)
+    fired = [bool(step.reshape(-1, N_LAYERS)[-1, first + 1]) for step in engine.history[1:]]
+    assert fired == (stock >= threshold).tolist()
+
+
+def test_every_refused_architecture_says_why() -> None:
+    for model_type, reason in REFUSED.items():
+        with pytest.raises(NotImplementedError, match=rf"model_type='{model_type}': {reason[:30]}"):
+            check_model_type(model_type)
+    assert not set(REFUSED) & set(ARCHITECTURES)
+
+
+def test_router_logits_asked_for_are_refused() -> None:
+    model = tiny_model("qwen3_moe", n_layers=2)
+    model.config.output_router_logits = True
+    with pytest.raises(NotImplementedError, match="output_router_logits=True"):
+        ffn_sites(model)
+
+
+def test_readme_lists_what_the_code_supports_and_refuses() -> None:
+    """README's supported table and refusal list name exactly the code's model types."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Supported models", 1)[1].split("\n### ", 1)[0]
+    table, refused = section.split("Refused by name", 1)
+    second_column = "".join(re.findall(r"^\| [^|]*\| ([^|]*)\|", table, flags=re.MULTILINE))
+    assert set(re.findall(r"`([a-z0-9_]+)`", second_column)) == set(ARCHITECTURES)
+    assert set(re.findall(r"`([a-z0-9_]+)`", refused.split("; any other", 1)[0])) == set(REFUSED)
