@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +30,7 @@ from ..skip.naming import DENSE, config_name
 from ..skip.provenance import versions
 from ..skip.rules import known_traits, rule_class
 from ..skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
+from .timing import Counts, StepClock, mark, seconds
 
 HF_STATIC = "hf-static"  # the config and path of HF's own static-cache compiled generate
 
@@ -92,53 +91,6 @@ def _maybe_attach(model: nn.Module, policy: SkipPolicy | None, new_tokens: int) 
             yield engine
 
 
-def _mark(cuda: bool) -> object:
-    """A timestamp: a recorded CUDA event on a GPU (read later, no host sync), else perf_counter."""
-    if cuda:
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-    return time.perf_counter()
-
-
-def _seconds(start: object, end: object) -> float:
-    """Seconds between two ``_mark``s (CUDA events must have completed)."""
-    return start.elapsed_time(end) / 1000 if isinstance(start, torch.cuda.Event) else end - start
-
-
-def intervals(marks: list[object], cuda: bool) -> list[float]:
-    """Seconds between consecutive ``_mark``s (on a GPU once their events have completed)."""
-    if cuda:
-        torch.cuda.synchronize()
-    return [_seconds(a, b) for a, b in itertools.pairwise(marks)]
-
-
-class StepClock:
-    """Timestamps of a model's forward passes: the start of the first, the end of each.
-
-    CUDA events on a GPU (read once at the end, so timing adds no host sync), perf_counter
-    on CPU. In a ``generate`` call pass 0 is the prefill and every later pass one decoding step.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.cuda = model.device.type == "cuda"
-        self.marks: list[object] = []
-        self._handles = [
-            model.register_forward_pre_hook(
-                lambda *_: None if self.marks else self.marks.append(_mark(self.cuda))
-            ),
-            model.register_forward_hook(lambda *_: self.marks.append(_mark(self.cuda))),
-        ]
-
-    def intervals(self) -> list[float]:
-        """Seconds between consecutive marks: [prefill, step 1, step 2, ...]."""
-        return intervals(self.marks, self.cuda)
-
-    def close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[float]:
     clock = StepClock(model)
@@ -178,7 +130,7 @@ def _lockstep(
             if engine is not None:
                 engine.install()
             try:
-                start = _mark(cuda)
+                start = mark(cuda)
                 out = model(
                     input_ids=ids,
                     attention_mask=mask,
@@ -186,14 +138,14 @@ def _lockstep(
                     use_cache=True,
                     **{keyword: caches[name]},
                 )
-                marks[name].append((start, _mark(cuda)))
+                marks[name].append((start, mark(cuda)))
             finally:
                 if engine is not None:
                     engine.remove()
             caches[name] = output_cache(out)
     if cuda:
         torch.cuda.synchronize()
-    return {name: [_seconds(a, b) for a, b in pairs] for name, pairs in marks.items()}, engines
+    return {name: [seconds(a, b) for a, b in pairs] for name, pairs in marks.items()}, engines
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -208,31 +160,6 @@ def prompt_batch(tokenizer: object, batch_size: int, device: torch.device | str)
         tokenizer.pad_token = tokenizer.eos_token
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch_size)]
     return dict(tokenizer(prompts, return_tensors="pt", padding=True).to(device))
-
-
-@dataclass(frozen=True)
-class Counts:
-    """What a configuration's engine did in one generation: the share of blocks skipped per
-    eligible token (with warmup=0 every decoding pass's, new_tokens - 1 of them: the prefill
-    emits the first; for shortgpt every token's), the share that no row of a pass ran (what a
-    batch whose FFN cost is its weights' reading can save), and the host reads of similarity
-    checks per decoding pass."""
-
-    skip_ratio: float
-    skip_ratio_pass: float
-    reads_per_step: float
-
-    @classmethod
-    def of(cls, engine: object, new_tokens: int) -> Counts:
-        if engine is None:  # plain HF: nothing skipped, nothing read
-            return cls(0.0, 0.0, 0.0)
-        stats = engine.stats
-        summary = stats.summary()  # ratios are None only where no token was eligible: none skipped
-        return cls(
-            summary["skip_ratio_eligible"] or 0.0,
-            summary["skip_ratio_pass"] or 0.0,
-            stats.host_syncs / max(new_tokens - 1, 1),
-        )
 
 
 # per configuration: pass times of each repetition, what its engine did, peak memory

@@ -22,6 +22,7 @@ from ..skip.decode import CompiledDecoder, refusal
 from ..skip.engine import SkipEngine, make_engine, spanning
 from ..skip.stats import SkipStats
 from ..skip.steps import StepCounter
+from .timing import Counts, StepMarks, intervals, mark
 
 
 def compiles(config: object) -> bool:
@@ -35,8 +36,6 @@ def compiled_runs(
     """As ``bench._generate_runs`` (pass times [prefill, step 1, ...] of each repetition, what
     the engine did in the last, no peak memory), plus per configuration the seconds its compiling
     calls took and how its steps were decoded (``CompiledDecoder.summary``, over every run)."""
-    from .bench import Counts, _mark, intervals
-
     cuda = model.device.type == "cuda"
     ids, mask = batch["input_ids"], batch["attention_mask"]
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
@@ -60,33 +59,12 @@ def compiled_runs(
                     new_tokens,
                     min_new_tokens=new_tokens,
                     eos_token_id=_eos(model),
-                    clock=lambda marks=marks: marks.append(_mark(cuda)),
+                    clock=lambda marks=marks: marks.append(mark(cuda)),
                 )
             runs[name].append(intervals(marks, cuda))
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
     extras = {name: {"compile_s": d.compile_s, "compiled_steps": d.summary()} for name, d in decoders.items()}
     return runs, counts, dict.fromkeys(runs), extras
-
-
-class StepMarks:
-    """A ``generate`` streamer that marks time (``bench._mark``) at each ``put``: before the
-    prefill (the prompt) and after every new token, so intervals are [prefill, step 1, ...]."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda, self.marks = cuda, []
-
-    def put(self, value: torch.Tensor) -> None:
-        from .bench import _mark
-
-        self.marks.append(_mark(self.cuda))
-
-    def end(self) -> None:
-        pass
-
-    def intervals(self) -> list[float]:
-        from .bench import intervals
-
-        return intervals(self.marks, self.cuda)
 
 
 def hf_static_runs(

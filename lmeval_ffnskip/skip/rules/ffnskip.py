@@ -5,11 +5,15 @@ The first ``cold_start`` and last ``cold_end`` layers always run their FFN. In t
 cos(h, h + FFN(h)), is measured; once it reaches ``threshold`` the FFNs of the next k non-cold
 layers are skipped (fewer where the non-cold range ends first), which spends the token's budget.
 A token's similarity is measured until it fires, so the last non-cold layer is never checked.
+``TriggerPass`` decides on the host (the eager engine), ``TriggerOnDevice`` inside a compiled
+step; ``tests/test_device_forms.py`` holds them equal.
 """
 
 from __future__ import annotations
 
-from ..device import DeviceForm
+import torch
+
+from ..device import DeviceForm, State
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -42,8 +46,6 @@ class FFNSkip(FFNRule):
         return TriggerPass(self, eligible)
 
     def device(self) -> DeviceForm:
-        from .trigger_device import TriggerOnDevice
-
         return TriggerOnDevice(self)
 
 
@@ -74,3 +76,41 @@ class TriggerPass(PassSkips):
 
     def never_rows(self) -> list[int]:
         return self._never + self.checking
+
+
+class TriggerOnDevice(DeviceForm):
+    """``TriggerPass``'s decisions inside a compiled step: per row, ``fired`` (its similarity
+    reached the threshold at some checked layer this step) and ``until`` (the first layer it runs
+    again: min(trigger + 1 + k, end of the non-cold layers)); a row checks while eligible and not
+    fired."""
+
+    def __init__(self, rule: FFNSkip) -> None:
+        super().__init__(rule)
+        layout = rule.layout
+        self.threshold, self.k, self.stop = rule.policy.threshold, layout.k, layout.mid.stop
+        self.searching = layout.k > 0 and self.threshold <= CHECKS_ONLY
+        self.checked = frozenset(rule.checked)
+
+    def inputs(self, eligible: list[bool], positions: list[int]) -> dict[str, torch.Tensor]:
+        return {}
+
+    def start(self, eligible: torch.Tensor, inputs: dict[str, torch.Tensor]) -> State:
+        return {
+            "eligible": eligible,
+            "fired": torch.zeros_like(eligible),
+            "until": torch.zeros(eligible.shape, dtype=torch.long, device=eligible.device),
+        }
+
+    def enter(self, layer: int, state: State) -> tuple[torch.Tensor, State]:
+        return state["fired"] & (state["until"] > layer), state
+
+    def checks_at(self, layer: int) -> bool:
+        return self.searching and layer in self.checked
+
+    def measured(self, layer: int, state: State, cosines: torch.Tensor) -> State:
+        fire = state["eligible"] & ~state["fired"] & (cosines >= self.threshold)
+        until = torch.where(fire, min(layer + 1 + self.k, self.stop), state["until"])
+        return {**state, "fired": state["fired"] | fire, "until": until}
+
+    def never(self, state: State) -> torch.Tensor:
+        return state["eligible"] & ~state["fired"]

@@ -16,7 +16,9 @@ layer's similarity is high, so that degenerates into one contiguous block, which
 It needs ``SkipPolicy.calibration`` (per-layer mean and std, from ``ffnskip calibrate``).
 Its similarity checks start at the layer before the first non-cold one (which it can skip).
 Decisions use only the token's own earlier layers and its position, so a teacher-forced pass
-decides what token-by-token decoding decides, and batch rows decide alone.
+decides what token-by-token decoding decides, and batch rows decide alone. ``SpreadPass``
+decides on the host (the eager engine), ``SpreadOnDevice`` inside a compiled step;
+``tests/test_device_forms.py`` holds them equal.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import functools
 import statistics
 from dataclasses import dataclass
 
-from ..device import DeviceForm
+import torch
+
+from ..device import DeviceForm, State
 from ..layout import LayerLayout
 from ..rows import PassSkips
 from ..rule import FFNRule
@@ -82,8 +86,6 @@ class Spread(FFNRule):
         return SpreadPass(self.policy, self.layout, eligible, positions)
 
     def device(self) -> DeviceForm:
-        from .spread_device import SpreadOnDevice
-
         return SpreadOnDevice(self)
 
 
@@ -204,3 +206,54 @@ def _position_hash(seed: int, position: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+class SpreadOnDevice(DeviceForm):
+    """``SpreadPass``'s decisions inside a compiled step: each row's groups, the one it still
+    owes, and its last similarity, kept on the device. Per step the host picks each eligible
+    row's cut (from its position, as ``SpreadPass``) and passes that cut's plan: per layer its
+    group (-1: none) and whether it is the group's last. Per row the state holds ``owing``
+    [batch, n_groups], ``high`` (the previous layer's similarity reached that layer's calibrated
+    level) and ``fired`` (a skip chosen by similarity, not by a group's end)."""
+
+    def __init__(self, rule: Spread) -> None:
+        super().__init__(rule)
+        policy, layout = rule.policy, rule.layout
+        assert policy.calibration is not None  # checked by Spread.resolve
+        self.level, cuts = _spread_tables(layout, policy.calibration)
+        self.seed, self.k = policy.seed, layout.k
+        self.n_groups = cuts[0].n_groups
+        self.group = torch.tensor([[g for g, _, _ in cut.plan] for cut in cuts])
+        self.last = torch.tensor([[last for _, last, _ in cut.plan] for cut in cuts])
+        self.checked = frozenset(rule.checked)
+
+    def inputs(self, eligible: list[bool], positions: list[int]) -> dict[str, torch.Tensor]:
+        cuts = torch.tensor([_position_hash(self.seed, p) % len(self.group) for p in positions])
+        group = self.group[cuts].masked_fill(~torch.tensor(eligible)[:, None], -1)
+        return {"group": group, "last": self.last[cuts]}
+
+    def start(self, eligible: torch.Tensor, inputs: dict[str, torch.Tensor]) -> State:
+        none = torch.zeros_like(eligible)
+        owing = (eligible & (self.k > 0))[:, None].expand(-1, self.n_groups)
+        return {**inputs, "eligible": eligible, "owing": owing, "high": none, "fired": none, "skipped": none}
+
+    def enter(self, layer: int, state: State) -> tuple[torch.Tensor, State]:
+        group, last, high = state["group"][:, layer], state["last"][:, layer], state["high"]
+        this = torch.arange(self.n_groups, device=group.device) == group[:, None]  # [batch, n_groups]
+        owes = (state["owing"] & this).any(-1)
+        skip = owes & (last | high)
+        return skip, {
+            **state,
+            "owing": state["owing"] & ~(this & skip[:, None]),
+            "fired": state["fired"] | (owes & high & ~last),
+            "skipped": skip,
+        }
+
+    def checks_at(self, layer: int) -> bool:
+        return layer in self.checked
+
+    def measured(self, layer: int, state: State, cosines: torch.Tensor) -> State:
+        return {**state, "high": (cosines >= self.level[layer]) & ~state["skipped"]}
+
+    def never(self, state: State) -> torch.Tensor:
+        return state["eligible"] & ~state["fired"] & (self.k > 0)
