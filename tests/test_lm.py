@@ -86,6 +86,12 @@ def test_dense_matches_hf(task_manager):
         ({"pretrained": "/nonexistent/dir"}, "pretrained='/nonexistent/dir': no such directory"),
         ({"device": "cuda"}, "device='cuda' cannot be used here"),
         ({"pretrained": "CONFIG_ONLY"}, "gpt2"),
+        # the depth and the attention layers are in config.json: refused before the weights load
+        (
+            {"pretrained": "CONFIG_ONLY", "cold_start": "20", "cold_end": "20"},
+            "cold_start=20 + cold_end=20 exceeds the model's 30 layers",
+        ),
+        ({"pretrained": "CONFIG_ONLY", "compile": "true"}, "does not take sliding-window attention"),
         ({"method": "shortgpt", "compile": "true"}, "method=shortgpt has no device form"),
         ({"compile": "true", "skip_prompt": "true"}, "does not take skip_prompt=true"),
     ],
@@ -98,8 +104,13 @@ def test_bad_model_or_device_fails_before_loading(kwargs, message, tmp_path, mon
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_weights)
     if kwargs.get("pretrained") == "CONFIG_ONLY":
-        (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-        kwargs = {"pretrained": str(tmp_path)}
+        config = {"model_type": "gpt2"}
+        if "cold_start" in kwargs:
+            config = {"model_type": "llama", "num_hidden_layers": 30}
+        if "compile" in kwargs:
+            config = {"model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window": 16}
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        kwargs = {**kwargs, "pretrained": str(tmp_path)}
     with pytest.raises(ValueError, match=re.escape(message)):
         FFNSkipLM(**kwargs)
 

@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,16 +73,18 @@ def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> tuple[
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def preflight(pretrained: str, device: str | None = None) -> str:
+def preflight(pretrained: str, device: str | None = None, check: Callable[[Any], None] | None = None) -> str:
     """``resolve(pretrained)``, once ``pretrained`` and ``device`` are known to be usable.
 
     Checked before any weights load, each failure a ValueError of one line naming the problem and
     the fix: a directory that does not exist or holds no checkpoint, a name that is no embedded
     alias, local directory nor HF repo id, an architecture the engine does not support
-    (``model_type`` of config.json, fetched alone for a repo id), a device this torch cannot use.
-    A repo id whose config.json cannot be fetched passes on to ``from_pretrained``'s own error.
+    (``model_type`` of config.json, fetched alone for a repo id), a device this torch cannot use,
+    and what ``check`` (called with the transformers config built from config.json) refuses with
+    a ValueError. A repo id whose config.json cannot be fetched passes on to ``from_pretrained``'s
+    own error.
     """
-    from transformers import PretrainedConfig
+    from transformers import AutoConfig, PretrainedConfig
 
     from ..skip.adapters import check_model_type
 
@@ -97,6 +100,12 @@ def preflight(pretrained: str, device: str | None = None) -> str:
             check_model_type(config["model_type"])
         except NotImplementedError as err:
             raise ValueError(f"pretrained={pretrained!r}: {err}") from None
+        if check is not None:
+            fields = {key: value for key, value in config.items() if key != "model_type"}
+            try:
+                check(AutoConfig.for_model(config["model_type"], **fields))
+            except ValueError as err:
+                raise ValueError(f"pretrained={pretrained!r}: {err}") from None
     return path
 
 

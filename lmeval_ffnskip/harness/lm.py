@@ -15,8 +15,9 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from ..skip.adapters import ffn_sites
-from ..skip.decode import CompiledDecoder, refusal
+from ..skip.decode import CompiledDecoder, config_refusal, refusal
 from ..skip.engine import checked_generate, make_engine
+from ..skip.layout import LayerLayout
 from ..skip.rules import traits
 from ..skip.settings import SkipPolicy, setting_names, to_bool
 from ..skip.stats import COUNTERS, RowLedger, SkipStats
@@ -95,7 +96,11 @@ class FFNSkipLM(HFLM):
                 raise ValueError(reason)
             device = kwargs.get("device")
             if isinstance(pretrained, str):  # before any weights load
-                pretrained = preflight(pretrained, None if device in LM_EVAL_DEFAULT_DEVICES else device)
+                pretrained = preflight(
+                    pretrained,
+                    None if device in LM_EVAL_DEFAULT_DEVICES else device,
+                    partial(_fits, self.policy, compiled),
+                )
         except ValueError as err:
             _refuse(err)
         _cpu_ranks(device)
@@ -277,6 +282,14 @@ class FFNSkipLM(HFLM):
             "compiled_steps": None if self.decoder is None else self.decoder.summary(),
         }
         return info
+
+
+def _fits(policy: SkipPolicy, compiled: bool, config: Any) -> None:
+    """ValueError where ``policy`` (on the compiled path where ``compiled``) cannot run a model of
+    ``config``: its cold layers against the depth, sliding-window layers on the compiled path."""
+    LayerLayout.of(policy, config.num_hidden_layers)
+    if compiled and (reason := config_refusal(config)):
+        raise ValueError(reason)
 
 
 def _flag(name: str, raw: object) -> bool:

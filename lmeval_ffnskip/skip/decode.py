@@ -109,6 +109,18 @@ def refusal(policy: SkipPolicy) -> str | None:
     return None
 
 
+def config_refusal(config: object) -> str | None:
+    """Why the compiled decoding path cannot run a model of ``config`` (a transformers config,
+    read before any weights load), or None."""
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return (
+            f"{config.model_type}: the compiled decoding path does not take sliding-window attention "
+            "layers (transformers' static sliding-window cache keeps its length as a Python int, so "
+            "dynamo recompiles every step); drop compile / --compile"
+        )
+    return None
+
+
 class CompiledDecoder:
     """The compiled decoding path of one attached ``SkipEngine``: same decisions, same counters."""
 
@@ -118,12 +130,8 @@ class CompiledDecoder:
         form = engine.rule.device()
         if form is None:
             raise NotImplementedError(f"method={engine.policy.method}'s rule gave no device form")
-        if "sliding_attention" in (getattr(model.config, "layer_types", None) or ()):
-            raise NotImplementedError(
-                f"{model.config.model_type}: the compiled decoding path does not take sliding-window "
-                "attention layers (transformers' static sliding-window cache keeps its length as a Python "
-                "int, so dynamo recompiles every step)"
-            )
+        if reason := config_refusal(model.config):
+            raise NotImplementedError(reason)
         self.model, self.engine, self.form = model, engine, form
         self.ctx = StepContext(form, engine.layout.n_layers)
         self.patches = BlockPatches(self.ctx, engine.sites)
