@@ -34,6 +34,12 @@ def test_counted_equals_analytic_and_parts_add_up(arch):
     assert grown == positions * c.num_attention_heads * c.head_dim * 2
 
 
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "mixtral", "granitemoe"])
+def test_mixtures_of_experts_are_refused_not_undercounted(model_type):
+    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
+        decode_flops(tiny_model(model_type, n_layers=2), 8)
+
+
 def test_skipped_ffns_count_zero():
     dense = decode_flops(tiny_model("llama", n_layers=4), 16)
     assert dense.skipping([0.0] * 4) == dense

@@ -30,6 +30,8 @@ from ..skip.naming import DENSE, config_name
 from ..skip.rules import known_traits, rule_class
 from ..skip.settings import SkipPolicy
 
+# config fields that give a mixture of experts' expert count
+EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 CONVENTION = (
     "multiply-accumulates of matrix products (fvcore: one multiply-add = one flop); "
     "elementwise ops not counted"
@@ -94,6 +96,12 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     """Count one decoding step of a batch-1 token attending to ``context`` positions."""
     if context < 2:
         raise ValueError(f"context={context} is out of range: it must be >= 2")
+    config = model.config
+    if any(getattr(config, name, None) for name in EXPERT_COUNTS):
+        raise NotImplementedError(
+            f"{config.model_type}: ffnskip flops does not count mixture-of-experts blocks (fvcore's "
+            "trace misses the experts' products, so it would report the router alone)"
+        )
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     cache = DynamicCache(config=model.config)
