@@ -262,3 +262,16 @@ def test_a_bench_stopped_midway_keeps_what_it_measured(tmp_path, monkeypatch):
     (row,) = speed_scaling([doc])
     assert row["pending"] == ["batch 2, eager path"]
     assert 'title="not measured: batch 2, eager path">(run stopped midway)' in render(build([], "x", [doc]))
+
+
+def test_a_shape_larger_than_free_memory_is_refused_before_it_is_built(monkeypatch):
+    """Qwen3-30B-A3B's shape needs about 61 GB in bf16: refused in one line, nothing allocated."""
+    from lmeval_ffnskip.instruments import shapes
+
+    monkeypatch.setattr(shapes, "_free_bytes", lambda device: 24 * 10**9)
+    with pytest.raises(
+        ValueError, match=r"needs 6\d\.\d GB of weights and 24\.0 GB are free on cpu; add --thin"
+    ):
+        shapes.shape_model("qwen3-30b-a3b", torch.bfloat16, "cpu")
+    thin = shapes.shape_model("qwen3-30b-a3b", torch.float32, "cpu", thin_widths=True)
+    assert thin.config.num_experts == 128 and thin.config.moe_intermediate_size == 48

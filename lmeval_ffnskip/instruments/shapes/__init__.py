@@ -37,15 +37,17 @@ def shape_config(name: str) -> dict[str, object]:
 
 def thin(values: dict[str, object]) -> dict[str, object]:
     """``values`` with every width shrunk (3 to 7 heads of 16, the grouped-query ratio and the FFN's
-    expansion ratio kept, a 1024-token vocabulary); depth and layer structure unchanged."""
+    and each expert's expansion ratios kept, a 1024-token vocabulary); depth, layer structure and
+    the experts' count and top-k unchanged."""
     hidden, heads = int(values["hidden_size"]), int(values["num_attention_heads"])
     groups = heads // int(values.get("num_key_value_heads", heads))
     kv_heads = max(1, 4 // groups)
     width = 16 * groups * kv_heads
+    ffn_widths = ("intermediate_size", "moe_intermediate_size", "shared_expert_intermediate_size")
     return {
         **values,
+        **{key: round(width * int(values[key]) / hidden) for key in ffn_widths if key in values},
         "hidden_size": width,
-        "intermediate_size": round(width * int(values["intermediate_size"]) / hidden),
         "num_attention_heads": groups * kv_heads,
         "num_key_value_heads": kv_heads,
         "head_dim": 16,
@@ -66,10 +68,30 @@ def shape_model(
         values, name = thin(values), f"{name}-thin"
     config = AutoConfig.for_model(values.pop("model_type"), max_position_embeddings=4096, **values)
     config._name_or_path = f"shape:{name}"
+    with torch.device("meta"):  # its size, before any memory is taken
+        needed = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    needed *= dtype.itemsize
+    free = _free_bytes(torch.device(device))
+    if needed > 0.9 * free:
+        raise ValueError(
+            f"--shape {name} in {str(dtype).removeprefix('torch.')} needs {needed / 1e9:.1f} GB of weights "
+            f"and {free / 1e9:.1f} GB are free on {device}; add --thin, or a smaller dtype or shape"
+        )
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
+
+
+def _free_bytes(device: torch.device) -> int:
+    """Memory free for weights on ``device``: the GPU's free memory, or the host's available RAM."""
+    import os
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
 def token_batch(vocab_size: int, batch_size: int, device: str | torch.device) -> dict[str, torch.Tensor]:
