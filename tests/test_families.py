@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import alone_and_batched
 from transformers import DynamicCache
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
@@ -78,6 +79,22 @@ def test_a_skipped_block_runs_none_of_its_modules(model_type: str, method: str) 
     ran = [max(counts.values()) for counts in calls]
     assert ran == [passes - int(skipped[:, layer].sum()) for layer in range(N_LAYERS)]
     assert engine.stats.skipped == int(skipped.sum()) > 0
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@torch.no_grad()
+def test_rows_that_skip_beside_rows_that_run(model_type: str) -> None:
+    """In a batch where some rows skip a block and others run it, the rows that run it are fed
+    to the block alone (as [rows, 1, d]: an expert block takes nothing else) and each row decodes
+    as it does alone."""
+    model = _model(model_type)
+    prompts = [torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(n)) for n in (3, 7, 5)]
+    policy = SkipPolicy(method="random", target_skip=0.34, warmup=1, seed=4)
+    with attach(model, policy, record=True) as engine:
+        singles, together = alone_and_batched(model, prompts, NEW)
+    batched = [step[:, -1] for step in engine.history if step.shape[:2] == (3, 1)]  # [rows, layers]
+    assert any((step.any(0) & ~step.all(0)).any() for step in batched)  # a block some rows skipped
+    assert torch.equal(together, singles)
 
 
 def _layer_similarity(model: torch.nn.Module, ids: torch.Tensor, layer: int) -> torch.Tensor:

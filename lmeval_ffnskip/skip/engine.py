@@ -159,10 +159,10 @@ class SkipEngine:
         elif n_skip == n:
             y = self._zeros(x)
         else:
-            flat = x.reshape(n, -1)
+            flat = x.reshape(n, 1, -1)  # one token a row, [rows, 1, d] as every block takes it
             keep = decisions.kept(layer).to(x.device, non_blocking=True)
             out = forward(flat.index_select(0, keep))
-            y = flat.new_zeros(n, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
+            y = flat.new_zeros(n, 1, out.shape[-1]).index_copy_(0, keep, out).view_as(x)
         if site.out_norm is None and decisions.checks_at(layer):
             self._measure(site, decisions, y)
         return y
