@@ -166,3 +166,38 @@ def test_readme_lists_what_the_code_supports_and_refuses() -> None:
     second_column = "".join(re.findall(r"^\| [^|]*\| ([^|]*)\|", table, flags=re.MULTILINE))
     assert set(re.findall(r"`([a-z0-9_]+)`", second_column)) == set(ARCHITECTURES)
     assert set(re.findall(r"`([a-z0-9_]+)`", refused.split("; any other", 1)[0])) == set(REFUSED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["olmo2", "qwen3_moe"])
+def test_plain_lm_eval_runs_a_saved_tiny_checkpoint(tmp_path, model_type: str) -> None:
+    """``lm_eval --model ffnskip`` on a tiny random checkpoint saved to a folder (a dense family
+    without an input norm, a mixture of experts): it runs, and skips."""
+    import json
+    import os
+    import subprocess
+
+    from conftest import DATA_DIR
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from lmeval_ffnskip.harness.checkpoints import resolve
+    from lmeval_ffnskip.instruments.shapes import TINY_EXTRA
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    widths = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config = AutoConfig.for_model(
+        model_type, num_hidden_layers=6, head_dim=16, vocab_size=len(tokenizer), **widths,
+        **TINY_EXTRA.get(model_type, {}),
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    args = f"pretrained={tmp_path / 'model'},target_skip=0.34,warmup=0,threshold=-1"
+    cmd = ["lm_eval", "--model", "ffnskip", "--model_args", args, "--tasks", "freebaseqa", "--limit", "2",
+           "--device", "cpu", "--output_path", str(tmp_path / "out")]  # fmt: skip
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "FFNSKIP_DATA_DIR": DATA_DIR}
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (results,) = (tmp_path / "out").rglob("results_*.json")
+    stats = json.loads(results.read_text())["config"]["ffnskip"]["stats"]
+    assert stats["skipped"] > 0 and stats["skip_ratio_eligible"] == pytest.approx(2 / 6)
