@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip.adapters import ARCHITECTURES, REFUSED, check_model_type, ffn_sites
+from lmeval_ffnskip.skip.compiled import gated_activation
 from lmeval_ffnskip.skip.engine import attach, generate_fixed
 from lmeval_ffnskip.skip.hf_compat import cache_keyword
 from lmeval_ffnskip.skip.settings import SkipPolicy
@@ -163,8 +164,16 @@ def test_readme_lists_what_the_code_supports_and_refuses() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme.split("### Supported models", 1)[1].split("\n### ", 1)[0]
     table, refused = section.split("Refused by name", 1)
-    second_column = "".join(re.findall(r"^\| [^|]*\| ([^|]*)\|", table, flags=re.MULTILINE))
-    assert set(re.findall(r"`([a-z0-9_]+)`", second_column)) == set(ARCHITECTURES)
+    rows = re.findall(r"^\| [^|]*\| ([^|]*)\| ([^|]*)\|", table, flags=re.MULTILINE)[1:]  # past the header
+    named = {t: compiled for types, compiled in rows for t in re.findall(r"`([a-z0-9_]+)`", types)}
+    assert set(named) == set(ARCHITECTURES)
+    for model_type, compiled in named.items():  # the compiled path's column: what its op runs
+        site = ffn_sites(tiny_model(model_type, n_layers=2))[1][-1]
+        if compiled.strip().startswith("yes"):
+            gated_activation(site)
+        else:
+            with pytest.raises(NotImplementedError, match="FFN op cannot run it"):
+                gated_activation(site)
     assert set(re.findall(r"`([a-z0-9_]+)`", refused.split("; any other", 1)[0])) == set(REFUSED)
 
 

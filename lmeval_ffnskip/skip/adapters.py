@@ -38,7 +38,7 @@ ARCHITECTURES: dict[str, Family] = {
     "qwen3": Family(),
     "smollm3": Family(),
     "phi3": Family(),  # gate and up projections fused in one linear
-    "glm4": Family(out_norm="post_mlp_layernorm"),
+    "glm4": Family(out_norm="post_mlp_layernorm"),  # gate and up fused too
     "starcoder2": Family(),  # not gated: c_fc, c_proj
     "granite": Family(scale="residual_multiplier"),
     "olmo2": Family(in_norm=None, out_norm="post_feedforward_layernorm"),
