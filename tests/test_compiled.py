@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
-from lmeval_ffnskip.skip import compiling
+from lmeval_ffnskip.skip import compiling, decode
 from lmeval_ffnskip.skip.compiling import graph_refusal
 from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
@@ -209,6 +209,20 @@ def test_methods_without_device_form_refused(method: str) -> None:
     policy = SkipPolicy(method=method, target_skip=0.25, calibration=((0.9, 0.05),) * 6, influence=(0.1,) * 6)
     with attach(model, policy) as engine, pytest.raises(NotImplementedError, match=f"method={method}"):
         CompiledDecoder(model, engine)
+
+
+def test_what_the_path_cannot_run_is_refused_from_the_config() -> None:
+    """Read before any weights load: layers transformers' static cache keeps as sliding windows
+    (Mistral's default window too, which has no layer types), blocks the op cannot run."""
+    from transformers import AutoConfig
+
+    for model_type, window in (("mistral", {}), ("gemma3_text", {"sliding_window": 16})):
+        assert "sliding-window" in decode.config_refusal(AutoConfig.for_model(model_type, **window))
+    assert decode.config_refusal(AutoConfig.for_model("mistral", sliding_window=None)) is None
+    assert decode.config_refusal(AutoConfig.for_model("llama")) is None
+    assert "not a gated MLP" in decode.config_refusal(AutoConfig.for_model("qwen3_moe"))
+    assert "mlp_bias=True" in decode.config_refusal(AutoConfig.for_model("llama", mlp_bias=True))
+    assert "'gelu'" in decode.config_refusal(AutoConfig.for_model("llama", hidden_act="gelu"))
 
 
 def test_sliding_window_models_refused() -> None:

@@ -131,15 +131,30 @@ def test_the_interpreter_needs_fp32_tiles_for_bf16(triton_mlp):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_kernels_read_no_weight_where_every_row_skips(triton_mlp, dtype):
-    """NaN weights: read and multiplied they would make NaN; every row skipping gives exact 0."""
+def test_kernels_read_no_weight_where_every_row_skips(triton_mlp, dtype, monkeypatch):
+    """Every row skipping: the gate/up programs return before their loads, so the intermediate
+    buffer keeps what it held (here a sentinel; computed from NaN weights it would be NaN), and the
+    output is exact zeros. (The down programs' early return gives the same zeros as their
+    selection; on a GPU ``scripts/kernel_bench.py`` times it.) Where some rows run, theirs are NaN
+    and the skipped ones exactly 0 (selected, not multiplied by 0)."""
     h, f = SHAPES[1]
     gate, up, down = (torch.full_like(w, float("nan")) for w in weights(h, f, dtype))
+    made: list[torch.Tensor] = []
+    empty = torch.empty
+
+    def sentinel(*size: object, **kwargs: object) -> torch.Tensor:
+        made.append(empty(*size, **kwargs).fill_(7))
+        return made[-1]
+
     for rows in ((1, 1), (4, 1), (2, 40)):
         x = torch.randn(*rows, h).to(DEVICE, dtype)
-        out = triton_mlp.gated_mlp_triton(x, flags([True] * rows[0]), gate, up, down, "silu")
+        made.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(torch, "empty", sentinel)
+            out = triton_mlp.gated_mlp_triton(x, flags([True] * rows[0]), gate, up, down, "silu")
+        (inter,) = (t for t in made if t.shape == (rows[0] * rows[1], f))
+        assert (inter == 7).all(), rows
         assert torch.equal(out, torch.zeros_like(x)), rows
-    # some rows run: theirs are NaN, the skipped ones exactly 0 (selected, not multiplied by 0)
     skip = flags([True, False, True])
     out = triton_mlp.gated_mlp_triton(torch.randn(3, 1, h).to(DEVICE, dtype), skip, gate, up, down, "silu")
     assert torch.equal(out[skip], torch.zeros_like(out[skip])) and out[~skip].isnan().all()
@@ -268,11 +283,18 @@ def test_cpu_op_equals_the_hf_mlp_bit_for_bit(kind, dtype):
         assert torch.equal(out[skip], torch.zeros_like(out[skip])), values
 
 
-def test_cpu_op_reads_no_weight_where_every_row_skips():
-    gate, up, down = (torch.full_like(w, float("nan")) for w in weights(64, 96, torch.float32, "cpu"))
+def test_cpu_op_runs_no_projection_where_every_row_skips(monkeypatch):
+    """Every row skipping: no linear runs (counted at ``F.linear``, which the op calls), zeros
+    come back; one running row runs all three."""
+    calls: list[int] = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *args: calls.append(1) or linear(*args))
+    gate, up, down = weights(64, 96, torch.float32, "cpu")
     x = torch.randn(4, 1, 64)
     out = torch.ops.ffnskip.gated_mlp(x, flags([True] * 4, "cpu"), gate, up, down, "silu")
-    assert torch.equal(out, torch.zeros_like(x))
+    assert torch.equal(out, torch.zeros_like(x)) and not calls
+    torch.ops.ffnskip.gated_mlp(x, flags([True, True, False, True], "cpu"), gate, up, down, "silu")
+    assert len(calls) == 3
 
 
 def test_cpu_op_refuses_an_unknown_activation():

@@ -22,12 +22,14 @@ class Family:
     """How one architecture's decoder layer holds its FFN block: the attribute names of the
     block's input norm (None: the block reads the residual stream itself) and output norm (None:
     none), of the block, and of the config value that scales the block's output in the residual
-    add (None: 1)."""
+    add (None: 1); ``gated_mlp``: the block is a gated MLP of separate ``gate_proj`` / ``up_proj``
+    / ``down_proj`` linears (what the compiled path's FFN op runs)."""
 
     in_norm: str | None = "post_attention_layernorm"
     out_norm: str | None = None
     block: str = "mlp"
     scale: str | None = None
+    gated_mlp: bool = True
 
 
 ARCHITECTURES: dict[str, Family] = {
@@ -37,9 +39,9 @@ ARCHITECTURES: dict[str, Family] = {
     "qwen2": Family(),
     "qwen3": Family(),
     "smollm3": Family(),
-    "phi3": Family(),  # gate and up projections fused in one linear
-    "glm4": Family(out_norm="post_mlp_layernorm"),  # gate and up fused too
-    "starcoder2": Family(),  # not gated: c_fc, c_proj
+    "phi3": Family(gated_mlp=False),  # gate and up projections fused in one linear
+    "glm4": Family(out_norm="post_mlp_layernorm", gated_mlp=False),  # gate and up fused too
+    "starcoder2": Family(gated_mlp=False),  # not gated: c_fc, c_proj
     "granite": Family(scale="residual_multiplier"),
     "olmo2": Family(in_norm=None, out_norm="post_feedforward_layernorm"),
     "olmo3": Family(in_norm=None, out_norm="post_feedforward_layernorm"),
@@ -47,12 +49,12 @@ ARCHITECTURES: dict[str, Family] = {
     "gemma2": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
     "gemma3_text": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
     # mixture of experts (the router and every expert, shared ones too, are the block)
-    "qwen3_moe": Family(),
-    "qwen2_moe": Family(),
-    "mixtral": Family(),
-    "olmoe": Family(),
-    "deepseek_v3": Family(),  # dense blocks in the first layers, experts after
-    "granitemoe": Family(block="block_sparse_moe", scale="residual_multiplier"),
+    "qwen3_moe": Family(gated_mlp=False),
+    "qwen2_moe": Family(gated_mlp=False),
+    "mixtral": Family(gated_mlp=False),
+    "olmoe": Family(gated_mlp=False),
+    "deepseek_v3": Family(gated_mlp=False),  # dense blocks in the first layers, experts after
+    "granitemoe": Family(block="block_sparse_moe", scale="residual_multiplier", gated_mlp=False),
 }
 
 # model_type -> why its layers have no FFN block the rule can skip

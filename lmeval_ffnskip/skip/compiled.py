@@ -20,12 +20,13 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-from .adapters import FFNSite
+from .adapters import ARCHITECTURES, FFNSite
 from .device import DeviceForm, State
 from .ffn_op import ACTIVATIONS
-from .hooks import Patches
+from .hooks import Patches, unchanged
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BlockFFN = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (h, rows skipping) -> block
@@ -84,6 +85,27 @@ def cosines(h: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, (hh + hb) / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
 
 
+def op_refusal(config: PretrainedConfig) -> str | None:
+    """Why the FFN op cannot run the blocks of a model of ``config`` (read before any weights
+    load: its family's block, bias and activation), or None."""
+    model_type = config.model_type
+    family = ARCHITECTURES.get(model_type)
+    if family is None or not family.gated_mlp:
+        return (
+            f"{model_type}: its FFN block is not a gated MLP of separate gate_proj / up_proj / down_proj "
+            "linears, which the compiled decoding path's FFN op runs; drop compile / --compile"
+        )
+    if getattr(config, "mlp_bias", False):
+        return f"{model_type}: mlp_bias=True, and the compiled decoding path's FFN op takes no biases"
+    name = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", None)
+    if name not in ACTIVATIONS:
+        return (
+            f"{model_type}: activation {name!r} is not one the compiled decoding path's FFN op has "
+            f"({', '.join(sorted(ACTIVATIONS))}); drop compile / --compile"
+        )
+    return None
+
+
 def gated_activation(site: FFNSite) -> str:
     """The op's activation for ``site``'s MLP; NotImplementedError naming what the op cannot run
     there (it takes the bias-free ``gate_proj`` / ``up_proj`` / ``down_proj`` linears of Llama- and
@@ -135,7 +157,7 @@ def _block_forwards(
     passes ``h`` on unnormed, so does Gemma's ``mlp``, and the block's last module returns
     ``ctx.block`` of it (by the op with ``activation`` where the layer may be skipped); outside a
     step each runs its stock ``forward``."""
-    in_norm = _unchanged if site.in_norm is None else _stock(site.in_norm)
+    in_norm = unchanged if site.in_norm is None else _stock(site.in_norm)
     mlp, out_norm = _stock(site.mlp), site.out_norm and _stock(site.out_norm)
     last = site.out_norm or site.mlp
     gate, up, down = (getattr(site.mlp, name, None) for name in ("gate_proj", "up_proj", "down_proj"))
@@ -163,10 +185,6 @@ def _block_forwards(
     if last is not site.mlp:
         forwards.append((site.mlp, pass_through))
     return [*forwards, (last, end)]
-
-
-def _unchanged(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _stock(module: nn.Module) -> Callable[..., torch.Tensor]:

@@ -14,11 +14,12 @@ caller: the step is then compiled without, the reason kept (``CompiledStep.summa
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,9 @@ from torch import nn
 GRAPH_OPTIONS = {"triton.cudagraphs": True, "triton.cudagraph_or_error": True}
 # around a graph's call: a capture refused when called (a mutated input, re-recordings) raises too
 REFUSALS_RAISE = {"triton.cudagraph_or_error": True}
+# compiled specialisations of the step (one per batch size and cache length) before dynamo gives up:
+# its default (8) is reached by an lm-eval run's batch sizes and lengths, and fullgraph raises then
+RECOMPILE_LIMIT = 64
 GUARD_FILTER = torch.compiler.skip_guard_on_all_nn_modules_unsafe
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -53,6 +57,12 @@ class CompiledStep:
         or ``off: <why>``)."""
         graphs = "on" if self.graphs else f"off: {self.refused or f'decoding on {self.model.device.type}'}"
         return {"steps": self.calls, "shapes_compiled": len(self._shapes), "cuda_graphs": graphs}
+
+    @contextlib.contextmanager
+    def shapes_allowed(self) -> Iterator[None]:
+        """While the block runs, dynamo compiles up to ``RECOMPILE_LIMIT`` shapes of the step."""
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            yield
 
     def renew_if_changed(self) -> bool:
         """Compile the step anew where the model is not as it saw it (it does not guard its

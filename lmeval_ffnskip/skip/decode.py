@@ -2,7 +2,8 @@
 done on the device.
 
 ``prefill`` runs the prompt over the stock modules (eagerly) into a static KV cache
-(transformers' ``StaticCache``, one per batch size and cache length, reset between calls);
+(transformers' ``StaticCache``, one per batch size and cache length, the last one per batch size
+kept and reset between calls);
 ``decode_one_token`` is one decoder pass in which the rule's device form (``device.py``) decides
 per layer and the FFN op reads those decisions (``compiled.py``): the same compiled step for
 every token, with no branch and no host read, so on CUDA it runs as one CUDA graph. How it is
@@ -14,11 +15,12 @@ Per step the host does what the eager engine's pre-hook does (warm-up and eligib
 step's decisions ([batch, n_layers] skipped blocks and the rows that never fired) stay on the
 device until the generation ends, are then read in one copy (``host_syncs``) and counted through
 ``SkipEngine.record_pass``, so the engine's stats, ledger and history are filled as the eager
-path fills them. The loop itself reads each step's tokens where it must stop at EOS or a stopping
-criterion, as HF ``generate`` does.
+path fills them.
 
 While a ``CompiledDecoder`` generates, the engine's own hooks are taken off the model and the
-compiled path's patches put on; both are swapped back afterwards.
+compiled path's patches put on; both are swapped back afterwards. On CUDA the host's inputs of a
+step go up from pinned memory without waiting, so the loop reads from the device only the
+generation's tokens, where a row can still stop (EOS not suppressed, or a stopping criterion).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import StaticCache
+from transformers import PretrainedConfig, StaticCache
+from transformers.cache_utils import StaticLayer
 
-from .compiled import BlockPatches, StepContext
+from .compiled import BlockPatches, StepContext, op_refusal
 from .compiling import CompiledStep
 from .engine import SkipEngine
 from .hf_compat import PassTokens, cache_keyword
@@ -109,16 +112,18 @@ def refusal(policy: SkipPolicy) -> str | None:
     return None
 
 
-def config_refusal(config: object) -> str | None:
-    """Why the compiled decoding path cannot run a model of ``config`` (a transformers config,
-    read before any weights load), or None."""
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+def config_refusal(config: PretrainedConfig) -> str | None:
+    """Why the compiled decoding path cannot run a model of ``config`` (read before any weights
+    load), or None: layers that transformers' static cache keeps as sliding windows (their length
+    is a Python int, so dynamo would recompile every step), or FFN blocks its op cannot run."""
+    layers = StaticCache(config=config, max_cache_len=CACHE_BLOCK).layers  # allocates nothing yet
+    if any(type(layer) is not StaticLayer for layer in layers):
         return (
             f"{config.model_type}: the compiled decoding path does not take sliding-window attention "
-            "layers (transformers' static sliding-window cache keeps its length as a Python int, so "
-            "dynamo recompiles every step); drop compile / --compile"
+            "layers (transformers' static cache keeps their length as a Python int, so dynamo would "
+            "recompile every step); drop compile / --compile"
         )
-    return None
+    return op_refusal(config)
 
 
 class CompiledDecoder:
@@ -137,7 +142,7 @@ class CompiledDecoder:
         self.patches = BlockPatches(self.ctx, engine.sites)
         self.keyword = cache_keyword(model)
         self.step = CompiledStep(decode_one_token, model)
-        self._caches: dict[tuple[int, int], StaticCache] = {}
+        self._caches: dict[int, tuple[int, StaticCache]] = {}  # per batch size: the last length's
 
     @property
     def compile_s(self) -> float:
@@ -159,10 +164,11 @@ class CompiledDecoder:
             self.engine.install()
 
     def _cache(self, batch: int, length: int) -> StaticCache:
-        key = (batch, length)
-        cache = self._caches.get(key)
-        if cache is None:
-            cache = self._caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        """A static cache of ``batch`` rows and ``length`` positions, reset (one kept per batch size)."""
+        kept, cache = self._caches.get(batch, (None, None))
+        if cache is None or kept != length:
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
+            self._caches[batch] = (length, cache)
         else:
             cache.reset()
         return cache
@@ -203,7 +209,7 @@ class CompiledDecoder:
         engine, rule = self.engine, self.engine.rule
         tick = clock or _no_clock
         steps: list[tuple[PassTokens, list[bool], torch.Tensor, torch.Tensor]] = []
-        with self._installed():
+        with self._installed(), self.step.shapes_allowed():
             if self.step.renew_if_changed():
                 self._caches.clear()
             cache = self._cache(batch, length)
@@ -215,48 +221,45 @@ class CompiledDecoder:
             before = list(engine.steps.prompt_lengths)
             out = [ids]
             unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-            try:
-                for t in range(max_new_tokens):
-                    if t:
-                        tokens = _decoding_pass(batch, width + t - 1, [n + t - 1 for n in before])
-                        eligible = rule.eligible(engine.steps.since(tokens), tokens.real)
-                        inputs = self.form.inputs(eligible, tokens.pos)
-                        args = (
-                            self.model,
-                            self.ctx,
-                            self.keyword,
-                            out[-1],
-                            torch.tensor(tokens.pos, device=device)[:, None],
-                            torch.tensor([tokens.past], device=device),
-                            full,
-                            cache,
-                            torch.tensor(eligible, device=device),
-                            {k: v.to(device) for k, v in inputs.items()},
-                        )
-                        with self._active():
-                            logits, skipped, never = self.step(*args)
-                        tick()
-                        steps.append((tokens, eligible, skipped, never))
-                    if t < min_new_tokens and eos:
-                        logits[:, eos] = -torch.inf
-                    token = logits.argmax(-1, keepdim=True)
-                    if pads:
-                        token = torch.where(unfinished[:, None], token, pad_token_id)
-                    out.append(token)
-                    if not (eos or stopping_criteria):
-                        continue
-                    so_far = torch.cat(out, 1)
-                    done = torch.isin(token[:, 0], eos_ids) if eos else unfinished & False
-                    for criterion in stopping_criteria:
-                        done = done | torch.as_tensor(
-                            criterion(so_far, logits), dtype=torch.bool, device=device
-                        )
-                    unfinished = unfinished & ~done
-                    if not unfinished.any():
-                        break
-            finally:
-                engine.record_pass(prompt, None)
-                self._record(steps)
+            for t in range(max_new_tokens):
+                if t:
+                    tokens = _decoding_pass(batch, width + t - 1, [n + t - 1 for n in before])
+                    eligible = rule.eligible(engine.steps.since(tokens), tokens.real)
+                    inputs = self.form.inputs(eligible, tokens.pos)
+                    args = (
+                        self.model,
+                        self.ctx,
+                        self.keyword,
+                        out[-1],
+                        _staged(torch.tensor(tokens.pos)[:, None], device),
+                        _staged(torch.tensor([tokens.past]), device),
+                        full,
+                        cache,
+                        _staged(torch.tensor(eligible), device),
+                        {k: _staged(v, device) for k, v in inputs.items()},
+                    )
+                    with self._active():
+                        logits, skipped, never = self.step(*args)
+                    tick()
+                    steps.append((tokens, eligible, skipped, never))
+                suppressed = t < min_new_tokens and bool(eos)  # no row can meet EOS yet
+                if suppressed:
+                    logits.index_fill_(1, eos_ids, -torch.inf)
+                token = logits.argmax(-1, keepdim=True)
+                if pads:
+                    token = torch.where(unfinished[:, None], token, pad_token_id)
+                out.append(token)
+                if not (eos or stopping_criteria) or (suppressed and not stopping_criteria):
+                    continue  # nothing can stop a row: no host read of this step's tokens
+                so_far = torch.cat(out, 1)
+                done = torch.isin(token[:, 0], eos_ids) if eos else unfinished & False
+                for criterion in stopping_criteria:
+                    done = done | torch.as_tensor(criterion(so_far, logits), dtype=torch.bool, device=device)
+                unfinished = unfinished & ~done
+                if not unfinished.any():
+                    break
+            engine.record_pass(prompt, None)
+            self._record(steps)
         return torch.cat(out, 1)
 
     @contextmanager
@@ -286,6 +289,14 @@ class CompiledDecoder:
 
 def _no_clock() -> None:
     pass
+
+
+def _staged(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``host`` on ``device``; to a GPU from pinned memory without waiting (a copy from pageable
+    memory would hold the host until the GPU's queue reaches it)."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _decoding_pass(batch: int, past: int, before: list[int]) -> PassTokens:

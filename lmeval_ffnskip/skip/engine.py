@@ -31,7 +31,7 @@ from torch import nn
 
 from .adapters import FFNSite, ffn_sites
 from .hf_compat import IncompatibleTransformers, PassTokens
-from .hooks import Engine, Patches, attached_engine
+from .hooks import Engine, Patches, attached_engine, unchanged
 from .layerskip import LayerSkipEngine
 from .rows import PassSkips
 from .rule import FFNRule
@@ -151,7 +151,7 @@ class SkipEngine:
         if decisions is None:
             return forward(x)
         if site.in_norm is None:  # the block reads h itself: its input is where the layer starts
-            x = self._ffn_input(site, _unchanged, x)
+            x = self._ffn_input(site, unchanged, x)
         layer, n = site.index, decisions.n
         n_skip = decisions.skip_count[layer]
         if n_skip == 0:
@@ -229,10 +229,6 @@ class SkipEngine:
             event.synchronize()
         self.stats.host_syncs += 1
         decisions.measured(layer, rows, [_cosine(g) for g in gram.tolist()])
-
-
-def _unchanged(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def to_host(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

@@ -44,6 +44,11 @@ def attached_engine(model: nn.Module) -> Engine | None:
     return vars(decoder).get(_OWNER)
 
 
+def unchanged(x: torch.Tensor) -> torch.Tensor:
+    """The identity, where a block has no module to stand for (no input norm)."""
+    return x
+
+
 class Patches:
     """What an engine changed on a model: hook handles and instance-level ``forward`` overrides
     (the class's ``forward`` is never touched, so removing the override restores the stock module)."""

@@ -32,10 +32,6 @@ class PassSkips:
         self._skipping.setdefault(layer, []).extend(rows)
         self.skip_count[layer] += len(rows)
 
-    def skips(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
-        """(layer, rows) of every layer some row skips, layers and rows ascending."""
-        return tuple((layer, tuple(sorted(rows))) for layer, rows in sorted(self._skipping.items()) if rows)
-
     def idle(self) -> bool:
         """Whether this pass has nothing to decide: no row skips and none is to be measured."""
         return not self.checking and not self._skipping

@@ -84,13 +84,19 @@ def shape_model(
 
 
 def _free_bytes(device: torch.device) -> int:
-    """Memory free for weights on ``device``: the GPU's free memory, or the host's available RAM."""
+    """Memory free for weights on ``device``: the GPU's free memory, or the host's available RAM
+    (the kernel's MemAvailable, which counts the page cache it can drop, where it says)."""
     import os
 
     import torch
 
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
