@@ -157,7 +157,8 @@ def test_lockstep_decodes_each_config_as_generate_does():
 @pytest.mark.parametrize("name", SHAPES)
 def test_shipped_shapes_and_their_thin_variants(name):
     """Every shipped shape is a config transformers builds; its thin variant keeps the depth, the
-    architecture, the FFN's expansion and the grouped-query ratio, with small widths."""
+    architecture, the FFN's (and each expert's) expansion and the grouped-query ratio, with small
+    widths."""
     from transformers import AutoConfig
 
     values = {k: v for k, v in shape_config(name).items() if k != "source"}
@@ -166,9 +167,11 @@ def test_shipped_shapes_and_their_thin_variants(name):
         config = AutoConfig.for_model(**v)
         assert config.num_attention_heads % config.num_key_value_heads == 0
     assert narrow["num_hidden_layers"] == values["num_hidden_layers"]
-    assert narrow["model_type"] == values["model_type"] and narrow["hidden_size"] <= 112
-    ratio = values["intermediate_size"] / values["hidden_size"]
-    assert narrow["intermediate_size"] / narrow["hidden_size"] == pytest.approx(ratio, rel=0.02)
+    assert narrow["model_type"] == values["model_type"] and narrow["hidden_size"] <= 128
+    for width in ("intermediate_size", "moe_intermediate_size"):  # the FFN's and each expert's
+        if width in values:
+            ratio = values[width] / values["hidden_size"]
+            assert narrow[width] / narrow["hidden_size"] == pytest.approx(ratio, rel=0.02)
     groups = values["num_attention_heads"] // values.get("num_key_value_heads", values["num_attention_heads"])
     assert narrow["num_attention_heads"] == groups * narrow["num_key_value_heads"]
 

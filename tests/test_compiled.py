@@ -225,6 +225,18 @@ def test_what_the_path_cannot_run_is_refused_from_the_config() -> None:
     assert "'gelu'" in decode.config_refusal(AutoConfig.for_model("llama", hidden_act="gelu"))
 
 
+def test_generation_settings_the_loop_does_not_apply_are_refused() -> None:
+    """A model's generation config or a call's settings that change greedy tokens (here a
+    repetition penalty) are refused by name, not decoded without them."""
+    model = tiny_model("llama", n_layers=6)
+    assert decode.generation_refusal(model.generation_config) is None
+    assert decode.generation_refusal({"max_new_tokens": 4, "do_sample": False, "temperature": 0.0}) is None
+    assert "repetition_penalty=1.3" in decode.generation_refusal({"repetition_penalty": 1.3})
+    model.generation_config.no_repeat_ngram_size = 3
+    with attach(model, POLICIES["static"]) as engine, pytest.raises(NotImplementedError, match="ngram"):
+        CompiledDecoder(model, engine)
+
+
 def test_sliding_window_models_refused() -> None:
     model = tiny_model("gemma3_text", n_layers=4)
     with attach(model, POLICIES["static"]) as engine, pytest.raises(NotImplementedError, match="sliding"):

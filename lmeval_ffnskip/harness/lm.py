@@ -15,7 +15,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from ..skip.adapters import ffn_sites
-from ..skip.decode import CompiledDecoder, config_refusal, refusal
+from ..skip.decode import CompiledDecoder, config_refusal, generation_refusal, refusal
 from ..skip.engine import checked_generate, make_engine
 from ..skip.layout import LayerLayout
 from ..skip.rules import traits
@@ -213,6 +213,8 @@ class FFNSkipLM(HFLM):
 
         if kwargs.get("do_sample"):
             raise ValueError("compile=true decodes greedily; drop do_sample from gen_kwargs")
+        if reason := generation_refusal(kwargs):
+            raise ValueError(reason)
         return self.decoder.generate(
             context,
             mask,

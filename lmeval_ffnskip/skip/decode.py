@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, StaticCache
+from transformers import GenerationConfig, PretrainedConfig, StaticCache
 from transformers.cache_utils import StaticLayer
 
 from .compiled import BlockPatches, StepContext, op_refusal
@@ -126,6 +126,35 @@ def config_refusal(config: PretrainedConfig) -> str | None:
     return op_refusal(config)
 
 
+# generation settings that change greedy tokens, which the compiled loop does not apply
+UNAPPLIED = (
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "bad_words_ids",
+    "suppress_tokens",
+    "begin_suppress_tokens",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "sequence_bias",
+    "min_length",
+)
+
+
+def generation_refusal(settings: GenerationConfig | dict[str, object]) -> str | None:
+    """Why the compiled loop would not decode as HF ``generate`` with ``settings`` (a model's
+    generation config, or a call's keyword arguments): a setting that changes greedy tokens and
+    that the loop does not apply, set to other than its default; or None."""
+    default = GenerationConfig()
+    read = settings.get if isinstance(settings, dict) else lambda name: getattr(settings, name, None)
+    given = [name for name in UNAPPLIED if read(name) not in (None, getattr(default, name, None))]
+    if not given:
+        return None
+    return (
+        f"the compiled decoding path does not apply {', '.join(f'{n}={read(n)!r}' for n in given)} "
+        "(HF generate would); drop compile / --compile, or the setting"
+    )
+
+
 class CompiledDecoder:
     """The compiled decoding path of one attached ``SkipEngine``: same decisions, same counters."""
 
@@ -135,7 +164,7 @@ class CompiledDecoder:
         form = engine.rule.device()
         if form is None:
             raise NotImplementedError(f"method={engine.policy.method}'s rule gave no device form")
-        if reason := config_refusal(model.config):
+        if reason := config_refusal(model.config) or generation_refusal(model.generation_config):
             raise NotImplementedError(reason)
         self.model, self.engine, self.form = model, engine, form
         self.ctx = StepContext(form, engine.layout.n_layers)

@@ -36,7 +36,7 @@ def shape_config(name: str) -> dict[str, object]:
 
 
 def thin(values: dict[str, object]) -> dict[str, object]:
-    """``values`` with every width shrunk (3 to 7 heads of 16, the grouped-query ratio and the FFN's
+    """``values`` with every width shrunk (3 to 8 heads of 16, the grouped-query ratio and the FFN's
     and each expert's expansion ratios kept, a 1024-token vocabulary); depth, layer structure and
     the experts' count and top-k unchanged."""
     hidden, heads = int(values["hidden_size"]), int(values["num_attention_heads"])
