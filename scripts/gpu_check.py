@@ -5,9 +5,12 @@ path (on CUDA: one CUDA graph per step, the skippable FFN blocks by the op's Tri
 three cases: ffnskip firing at its first check at batch 1 and in a left-padded batch of 3, and
 ffnskip at a threshold that some similarities reach in the padded batch (there a similarity
 within the two paths' rounding of the threshold could decide otherwise: the Triton kernels and
-cuBLAS sum in different orders). Per-pass skip masks must be equal, and the skip counters;
-greedy tokens are compared and reported (a random tiny model's logits can tie within fp32
-rounding, where two kernels may pick different tokens). Prints one JSON line per case; exit 1
+cuBLAS sum in different orders). Each path generates twice (the compiled path's first call
+compiles; its second one's host syncs on CUDA are counted: a few per generation, reading the
+prompt's mask and the decisions, none per step). Per-pass skip masks must be equal, and the
+skip counters; greedy tokens are compared and reported (a random tiny model's logits can tie
+within fp32 rounding, where two kernels may pick different tokens). Prints one JSON line per
+case; exit 1
 where masks or counters differ. Needs torch, transformers and triton.
 
 usage: python3 scripts/gpu_check.py [--device cuda]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import torch
 
@@ -36,12 +40,20 @@ POLICIES = {
 def check(model: torch.nn.Module, method: str, name: str, batch: dict[str, torch.Tensor]) -> bool:
     policy = POLICIES[method]
     with attach(model, policy, record=True) as eager:
+        generate_fixed(model, batch, NEW)
         want = generate_fixed(model, batch, NEW)
     with attach(model, policy, record=True) as engine:
         decoder = CompiledDecoder(model, engine)
-        have = decoder.generate(
-            batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1
-        )
+        args = (batch["input_ids"], batch["attention_mask"], NEW)
+        decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)  # compiles (and captures)
+        with warnings.catch_warnings(record=True) as syncs:
+            if model.device.type == "cuda":  # each synchronising call warns
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                have = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
+            finally:
+                if model.device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
     masks = len(eager.history) == len(engine.history) and all(
         torch.equal(a.cpu(), b.cpu()) for a, b in zip(eager.history, engine.history, strict=True)
     )
@@ -57,6 +69,9 @@ def check(model: torch.nn.Module, method: str, name: str, batch: dict[str, torch
                 "masks_equal": masks,
                 "counters_equal": counters,
                 "tokens_equal": tokens,
+                # host syncs in the second generation (the first compiles): the prompt's mask and
+                # the decisions' read, none per step
+                "cuda_syncs": sum("synchroniz" in str(w.message) for w in syncs),
                 "compile_s": round(decoder.compile_s, 1),
                 **decoder.summary(),
             }
