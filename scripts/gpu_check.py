@@ -10,8 +10,7 @@ compiles; its second one's host syncs on CUDA are counted: a few per generation,
 prompt's mask and the decisions, none per step). Per-pass skip masks must be equal, and the
 skip counters; greedy tokens are compared and reported (a random tiny model's logits can tie
 within fp32 rounding, where two kernels may pick different tokens). Prints one JSON line per
-case; exit 1
-where masks or counters differ. Needs torch, transformers and triton.
+case; exit 1 where masks or counters differ. Needs torch, transformers and triton.
 
 usage: python3 scripts/gpu_check.py [--device cuda]
 """
