@@ -92,6 +92,7 @@ def test_dense_matches_hf(task_manager):
             "cold_start=20 + cold_end=20 exceeds the model's 30 layers",
         ),
         ({"pretrained": "CONFIG_ONLY", "compile": "true"}, "does not take sliding-window attention"),
+        ({"pretrained": "CONFIG_ONLY", "profile": "BAD_JSON"}, "not valid JSON"),
         ({"method": "shortgpt", "compile": "true"}, "method=shortgpt has no device form"),
         ({"compile": "true", "skip_prompt": "true"}, "does not take skip_prompt=true"),
     ],
@@ -109,6 +110,10 @@ def test_bad_model_or_device_fails_before_loading(kwargs, message, tmp_path, mon
             config = {"model_type": "llama", "num_hidden_layers": 30}
         if "compile" in kwargs:
             config = {"model_type": "gemma3_text", "num_hidden_layers": 6, "sliding_window": 16}
+        if kwargs.get("profile") == "BAD_JSON":
+            config = {"model_type": "llama", "num_hidden_layers": 30}
+            (tmp_path / "profile.json").write_text("{not json")
+            kwargs = {**kwargs, "profile": str(tmp_path / "profile.json")}
         (tmp_path / "config.json").write_text(json.dumps(config))
         kwargs = {**kwargs, "pretrained": str(tmp_path)}
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -99,7 +99,7 @@ class FFNSkipLM(HFLM):
                 pretrained = preflight(
                     pretrained,
                     None if device in LM_EVAL_DEFAULT_DEVICES else device,
-                    partial(_fits, self.policy, compiled),
+                    partial(_fits, self.policy, compiled, profile),
                 )
         except ValueError as err:
             _refuse(err)
@@ -286,12 +286,17 @@ class FFNSkipLM(HFLM):
         return info
 
 
-def _fits(policy: SkipPolicy, compiled: bool, config: Any) -> None:
-    """ValueError where ``policy`` (on the compiled path where ``compiled``) cannot run a model of
-    ``config``: its cold layers against the depth, sliding-window layers on the compiled path."""
+def _fits(policy: SkipPolicy, compiled: bool, profile: object, config: Any) -> None:
+    """ValueError where ``policy`` (on the compiled path where ``compiled``, with the calibration
+    profile file ``profile``) cannot run a model of ``config``: its cold layers against the depth,
+    what the compiled path refuses, a profile that is not one or was made for another depth."""
     LayerLayout.of(policy, config.num_hidden_layers)
     if compiled and (reason := config_refusal(config)):
         raise ValueError(reason)
+    if profile is not None and str(profile).lower() not in ("auto", "none"):
+        from .calibrate import read_profile
+
+        read_profile(Path(str(profile)), config.num_hidden_layers)
 
 
 def _flag(name: str, raw: object) -> bool:
