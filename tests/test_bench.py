@@ -278,3 +278,12 @@ def test_a_shape_larger_than_free_memory_is_refused_before_it_is_built(monkeypat
         shapes.shape_model("qwen3-30b-a3b", torch.bfloat16, "cpu")
     thin = shapes.shape_model("qwen3-30b-a3b", torch.float32, "cpu", thin_widths=True)
     assert thin.config.num_experts == 128 and thin.config.moe_intermediate_size == 48
+
+
+def test_compile_on_a_shape_the_compiled_path_cannot_run_is_refused_before_it_is_built(monkeypatch):
+    """``--compile --shape qwen3-30b-a3b``: its expert blocks are refused in one line, nothing built."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(ValueError, match="qwen3_moe: its FFN block is not a gated MLP"):
+        run_bench(shape="qwen3-30b-a3b", thin=True, batch_sizes=(1,), targets=(0.25,), compile=True)

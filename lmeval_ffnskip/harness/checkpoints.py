@@ -63,12 +63,15 @@ def _gguf_path(alias: str, spec: Embedded, workdir: Path) -> Path:
     return Path(next(iter(found.submodule_search_locations))) / spec.gguf_name
 
 
-def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
-    """(model in eval mode on ``device``, tokenizer) of an embedded alias, HF id or local dir."""
+def load(
+    pretrained: str, device: str = "cpu", dtype: str = "float32", check: Callable[[Any], None] | None = None
+) -> tuple[Any, Any]:
+    """(model in eval mode on ``device``, tokenizer) of an embedded alias, HF id or local dir,
+    once ``preflight`` (with ``check``) passed."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = torch_dtype(dtype)
-    path = preflight(pretrained, device)
+    path = preflight(pretrained, device, check)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=kind).to(torch_device(device)).eval()
     return model, AutoTokenizer.from_pretrained(path)
 

@@ -337,11 +337,12 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
             checks["ms_per_read"] = (_step_ms(checks, key) - _step_ms(off, key)) / checks["reads_per_step"]
 
 
-def _path(config: Config, compiled: bool) -> str:
-    """The decoding path a configuration's row was measured on."""
-    if config.name == HF_STATIC:
-        return HF_STATIC
-    return "compiled" if compiled else "eager" if config.policy else "hf"
+def _compiled_path_runs(config: Any) -> None:
+    """ValueError naming why the compiled path cannot run a model of ``config``."""
+    from ..skip.decode import config_refusal
+
+    if reason := config_refusal(config):
+        raise ValueError(reason)
 
 
 def _path_group(row: dict[str, object]) -> str:
@@ -451,14 +452,15 @@ def run_bench(
     from .shapes import shape_model, token_batch
 
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
+    check = _compiled_path_runs if compile else None  # what it refuses, before the weights load
     if shape is not None:
-        model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin)
+        model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin, check=check)
         configs = default_configs(targets, ALWAYS, methods, overheads)  # ffnskip fires at its first check
 
         def batch_of(size: int) -> dict:
             return token_batch(model.config.vocab_size, size, model.device)
     else:
-        model, tokenizer = load(pretrained, device, dtype)
+        model, tokenizer = load(pretrained, device, dtype, check)
         configs = [
             dataclasses.replace(c, policy=c.policy and with_calibration(c.policy, model, tokenizer))
             for c in default_configs(targets, threshold, methods, overheads)

@@ -17,8 +17,9 @@ A *tiny* model (``tiny_model``: 64 wide, 97 tokens) runs in milliseconds; the te
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the CLI lists SHAPES without importing torch
     import torch
@@ -56,10 +57,15 @@ def thin(values: dict[str, object]) -> dict[str, object]:
 
 
 def shape_model(
-    name: str, dtype: torch.dtype, device: str | torch.device, thin_widths: bool = False
+    name: str,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    thin_widths: bool = False,
+    check: Callable[[Any], None] | None = None,
 ) -> nn.Module:
     """A randomly initialised causal LM of shape ``name`` (``thin_widths``: its ``thin`` variant),
-    built directly on ``device``."""
+    built directly on ``device`` once ``check`` (a ValueError) passed its config and its weights
+    fit the free memory."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -68,6 +74,8 @@ def shape_model(
         values, name = thin(values), f"{name}-thin"
     config = AutoConfig.for_model(values.pop("model_type"), max_position_embeddings=4096, **values)
     config._name_or_path = f"shape:{name}"
+    if check is not None:
+        check(config)
     with torch.device("meta"):  # its size, before any memory is taken
         needed = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
     needed *= dtype.itemsize
