@@ -248,7 +248,7 @@ def test_every_instrument_of_a_sweep_loads_its_model_on_the_sweeps_device(tmp_pa
     """FLOPs, bench, calibration and fidelity all get the config's device and load the model there."""
     devices = []
 
-    def load(pretrained: str, device: str = "cpu", dtype: str = "float32") -> None:
+    def load(pretrained: str, device: str = "cpu", dtype: str = "float32", check: object = None) -> None:
         devices.append(device)
         raise _Loaded
 
