@@ -15,7 +15,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from ..skip.adapters import ffn_sites
-from ..skip.decode import CompiledDecoder, config_refusal, generation_refusal, refusal
+from ..skip.decode import CompiledDecoder, check_config, generation_refusal, refusal
 from ..skip.engine import checked_generate, make_engine
 from ..skip.layout import LayerLayout
 from ..skip.rules import traits
@@ -291,8 +291,8 @@ def _fits(policy: SkipPolicy, compiled: bool, profile: object, config: Any) -> N
     profile file ``profile``) cannot run a model of ``config``: its cold layers against the depth,
     what the compiled path refuses, a profile that is not one or was made for another depth."""
     LayerLayout.of(policy, config.num_hidden_layers)
-    if compiled and (reason := config_refusal(config)):
-        raise ValueError(reason)
+    if compiled:
+        check_config(config)
     if profile is not None and str(profile).lower() not in ("auto", "none"):
         from .calibrate import read_profile
 

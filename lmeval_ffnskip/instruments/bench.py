@@ -337,14 +337,6 @@ def add_ideal(rows: list[dict[str, object]], stat: str = "p50") -> None:
             checks["ms_per_read"] = (_step_ms(checks, key) - _step_ms(off, key)) / checks["reads_per_step"]
 
 
-def _compiled_path_runs(config: Any) -> None:
-    """ValueError naming why the compiled path cannot run a model of ``config``."""
-    from ..skip.decode import config_refusal
-
-    if reason := config_refusal(config):
-        raise ValueError(reason)
-
-
 def _path_group(row: dict[str, object]) -> str:
     """The rows a row's speedup is measured within: plain HF goes with the eager engine."""
     path = str(row.get("path", "eager"))
@@ -452,7 +444,9 @@ def run_bench(
     from .shapes import shape_model, token_batch
 
     targets, methods = tuple(float(t) for t in targets), tuple(methods)
-    check = _compiled_path_runs if compile else None  # what it refuses, before the weights load
+    from ..skip.decode import check_config
+
+    check = check_config if compile else None  # what the compiled path refuses, before loading
     if shape is not None:
         model = shape_model(shape, torch_dtype(dtype), torch_device(device), thin_widths=thin, check=check)
         configs = default_configs(targets, ALWAYS, methods, overheads)  # ffnskip fires at its first check

@@ -126,6 +126,13 @@ def config_refusal(config: PretrainedConfig) -> str | None:
     return op_refusal(config)
 
 
+def check_config(config: PretrainedConfig) -> None:
+    """ValueError naming why the compiled decoding path cannot run a model of ``config``
+    (``config_refusal``), for checks made before any weights load."""
+    if reason := config_refusal(config):
+        raise ValueError(reason)
+
+
 # generation settings that change greedy tokens, which the compiled loop does not apply
 UNAPPLIED = (
     "repetition_penalty",
