@@ -27,7 +27,8 @@ import torch
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import attach, generate_fixed
-from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
+from lmeval_ffnskip.skip.policy import ALWAYS
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 NEW = 12
 POLICIES = {

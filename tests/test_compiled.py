@@ -15,7 +15,8 @@ from lmeval_ffnskip.skip import compiling, decode
 from lmeval_ffnskip.skip.compiling import graph_refusal
 from lmeval_ffnskip.skip.decode import CompiledDecoder
 from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
-from lmeval_ffnskip.skip.settings import ALWAYS, SkipPolicy
+from lmeval_ffnskip.skip.policy import ALWAYS
+from lmeval_ffnskip.skip.settings import SkipPolicy
 
 NEW = 10
 POLICIES = {

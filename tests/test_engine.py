@@ -13,11 +13,11 @@ from lmeval_ffnskip.skip.hf_compat import IncompatibleTransformers, cache_keywor
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
-def _ids(batch: int = 1, length: int = 20, seed: int = 1) -> torch.Tensor:
+def token_ids(batch: int = 1, length: int = 20, seed: int = 1) -> torch.Tensor:
     return torch.randint(3, 97, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-def _count_ffn_rows(model: torch.nn.Module) -> list[int]:
+def count_ffn_rows(model: torch.nn.Module) -> list[int]:
     """Rows fed to each layer's FFN, counted at its first linear layer."""
     counts = [0] * len(ffn_sites(model)[1])
     for site in ffn_sites(model)[1]:
@@ -49,7 +49,7 @@ def _count_norm_rows(model: torch.nn.Module, which: str) -> list[int]:
 
 @torch.no_grad()
 def test_dense_and_unreachable_threshold_are_bit_exact(arch_model):
-    ids = _ids(2)
+    ids = token_ids(2)
     ref = arch_model(ids).logits
     for policy in (SkipPolicy(method="dense"), SkipPolicy(threshold=1.5, skip_prompt=True, warmup=0)):
         with attach(arch_model, policy):
@@ -63,7 +63,7 @@ def test_dense_and_unreachable_threshold_are_bit_exact(arch_model):
 @torch.no_grad()
 def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
     policy = SkipPolicy(threshold=-1.0, warmup=2, target_skip=0.25)  # fires at every chance
-    rows = _count_ffn_rows(arch_model)
+    rows = count_ffn_rows(arch_model)
     normed = _count_norm_rows(arch_model, "in_norm")
     out_normed = _count_norm_rows(arch_model, "out_norm") if ffn_sites(arch_model)[1][0].out_norm else None
     attn_calls = [0] * len(rows)
@@ -71,7 +71,7 @@ def test_skipped_ffns_do_no_compute_and_attention_always_runs(arch_model):
         layer.self_attn.register_forward_pre_hook(
             lambda m, a, i=i: attn_calls.__setitem__(i, attn_calls[i] + 1)
         )
-    ids = _ids(1, 12)
+    ids = token_ids(1, 12)
     cache = DynamicCache(config=arch_model.config)
     with attach(arch_model, policy) as engine:
         out = arch_model.generate(
@@ -99,7 +99,7 @@ def test_a_skipped_blocks_zero_output_is_reused_and_guarded():
     """A block every row skips returns one kept zero tensor; a model that writes into it in place
     (here a hook standing in for an in-place residual add) is refused at the next skip."""
     model = tiny_model("llama")
-    ids = _ids(1, 6)
+    ids = token_ids(1, 6)
     dense = model.generate(ids, max_new_tokens=6, do_sample=False)
     policy = SkipPolicy(method="random", target_skip=1.0, warmup=0)
     with attach(model, policy) as engine:
@@ -124,7 +124,7 @@ def test_trigger_skips_the_next_k_layers():
         threshold=-1.0, skip_prompt=True, warmup=4, cold_start=3, cold_end=2, target_skip=0.25
     )
     with attach(model, policy, record=True) as engine:
-        model(_ids(2, 10))
+        model(token_ids(2, 10))
     skip = engine.history[0]  # [batch, positions, layers]
     k = engine.layout.k
     assert k == 4
@@ -144,7 +144,7 @@ def test_blocks_that_no_row_ran():
     """``skip_ratio_pass``: the blocks no row of a decoding pass ran. The forced trigger's rows
     skip the same block; static's rows, at other positions, draw their own layers."""
     model = tiny_model("llama", n_layers=16)
-    batch = {"input_ids": _ids(2, 6), "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])}
+    batch = {"input_ids": token_ids(2, 6), "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])}
     layers = {"warmup": 0, "cold_start": 3, "cold_end": 2, "target_skip": 0.25}
     with attach(model, SkipPolicy(threshold=-1.0, **layers)) as engine:
         model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
@@ -175,7 +175,7 @@ def _mixed_threshold(model: torch.nn.Module, ids: torch.Tensor, policy: SkipPoli
 @torch.no_grad()
 def test_teacher_forced_pass_equals_token_by_token_decoding(arch):
     model = tiny_model(arch, n_layers=10)
-    ids = _ids(1, 24)
+    ids = token_ids(1, 24)
     base = SkipPolicy(skip_prompt=True, warmup=3, target_skip=0.3, cold_start=2, cold_end=1)
     policy = SkipPolicy(**{**base.__dict__, "threshold": _mixed_threshold(model, ids, base)})
     (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
@@ -187,13 +187,13 @@ def test_teacher_forced_pass_equals_token_by_token_decoding(arch):
 @torch.no_grad()
 def test_per_row_decisions_in_a_left_padded_batch():
     model = tiny_model("llama", n_layers=10)
-    prompts = [_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12, 7, 4, 10, 6)]
+    prompts = [token_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12, 7, 4, 10, 6)]
     base = SkipPolicy(warmup=2, target_skip=0.3, cold_start=2, cold_end=1)
     policy = SkipPolicy(
         **{
             **base.__dict__,
             "threshold": _mixed_threshold(
-                model, _ids(1, 24), SkipPolicy(**{**base.__dict__, "skip_prompt": True})
+                model, token_ids(1, 24), SkipPolicy(**{**base.__dict__, "skip_prompt": True})
             ),
         }
     )
@@ -209,8 +209,8 @@ def test_random_baselines_skip_k_per_token_in_their_region(method):
     model = tiny_model("llama", n_layers=16)
     policy = SkipPolicy(method=method, skip_prompt=True, warmup=0, target_skip=0.25, cold_start=3, cold_end=3)
     with attach(model, policy, record=True) as engine:
-        model(_ids(3, 30))
-        model(_ids(1, 30, seed=7))
+        model(token_ids(3, 30))
+        model(token_ids(1, 30, seed=7))
     a, b = engine.history
     assert (a.sum(-1) == 4).all()
     assert torch.equal(a[0], b[0])  # the draw depends on position only
@@ -242,7 +242,7 @@ def test_zero_budget_still_counts_eligible_tokens():
     """target_skip rounding to k=0 skips nothing, but the tokens were eligible and are counted."""
     model = tiny_model("llama")
     with attach(model, SkipPolicy(target_skip=0.01, warmup=0)) as engine:
-        model.generate(_ids(1, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        model.generate(token_ids(1, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert engine.layout.k == 0
     assert engine.stats.eligible == 3 and engine.stats.skipped == 0
     assert engine.stats.never_fired == 3  # the rule had no budget to spend, so it never fired
@@ -262,7 +262,7 @@ def test_a_rule_with_nothing_to_decide_leaves_the_layers_alone(policy):
     with attach(model, policy) as engine:
         for site in engine.sites:
             site.mlp.register_forward_pre_hook(lambda m, a: seen.append(engine._decisions))
-        model.generate(_ids(2, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        model.generate(token_ids(2, 5), max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert seen and all(rule is None for rule in seen)
     assert engine.stats.eligible == 2 * 3 and engine.stats.skipped == engine.stats.host_syncs == 0
     assert engine.stats.never_fired == (6 if policy.method == "ffnskip" else 0)

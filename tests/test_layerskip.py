@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
-from test_engine import _ids
+from test_engine import token_ids
 
 from lmeval_ffnskip.skip import layerskip
 from lmeval_ffnskip.skip.engine import attach
@@ -51,7 +51,7 @@ def test_shortgpt_drops_the_least_influential_layers_for_real(arch):
     n = round(0.4 * N_LAYERS * 2 / 3)
     protected = layerskip.mask_layers(model.config, N_LAYERS)
     expected = tuple(sorted([i for i in reversed(range(N_LAYERS)) if i not in protected][:n]))
-    ids = _ids(2, 10)
+    ids = token_ids(2, 10)
     reference = _identity_reference(model, expected, ids)
     attn, mlp = _count_calls(model, "self_attn"), _count_calls(model, "mlp")
     with attach(model, policy, record=True) as engine:
@@ -73,7 +73,7 @@ def test_block_influence_finds_an_identity_layer():
     layer = model.get_decoder().layers[5]
     layer.self_attn.o_proj.weight.zero_()
     layer.mlp.down_proj.weight.zero_()  # layer 5 now returns its input
-    ids = _ids(2, 10)
+    ids = token_ids(2, 10)
     influence = layerskip.block_influence(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
     assert influence[5] == pytest.approx(0.0, abs=1e-6) and min(influence[:5] + influence[6:]) > 1e-3
     policy = SkipPolicy(method="shortgpt", target_skip=0.15, influence=tuple(influence))  # one layer
@@ -89,7 +89,7 @@ def test_skipdecode_bypasses_a_growing_block_and_never_runs_it_again(arch):
     model = tiny_model(arch, n_layers=N_LAYERS)
     policy = SkipPolicy(method="skipdecode", target_skip=0.25, warmup=2, cold_start=2, cold_end=2, horizon=8)
     attn = _count_calls(model, "self_attn")
-    ids = _ids(1, 10)
+    ids = token_ids(1, 10)
     with attach(model, policy, record=True) as engine:
         model.generate(ids, max_new_tokens=14, min_new_tokens=14, do_sample=False)
     n = engine.layout.k
@@ -113,7 +113,7 @@ def test_skipdecode_bypasses_a_growing_block_and_never_runs_it_again(arch):
 def test_skipdecode_is_the_same_alone_and_in_a_left_padded_batch():
     model = tiny_model("llama", n_layers=N_LAYERS)
     policy = SkipPolicy(method="skipdecode", target_skip=0.3, warmup=1, horizon=4)
-    prompts = [_ids(1, n, seed=n)[0] for n in (5, 9, 7)]
+    prompts = [token_ids(1, n, seed=n)[0] for n in (5, 9, 7)]
     with attach(model, policy) as engine:
         singles, together = alone_and_batched(model, prompts, 8)
     assert torch.equal(singles, together) and engine.stats.skipped > 0
@@ -125,7 +125,7 @@ def test_skipdecode_teacher_forced_pass_equals_decoding(arch):
     """With skip_prompt a token's step is its position: one pass computes what decoding does."""
     model = tiny_model(arch, n_layers=N_LAYERS)
     policy = SkipPolicy(method="skipdecode", target_skip=0.25, warmup=3, horizon=8, skip_prompt=True)
-    ids = _ids(2, 16)
+    ids = token_ids(2, 16)
     (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
     assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
     assert engine.history[0][0, -1].sum() == 2 * engine.layout.k  # fully grown by the last position

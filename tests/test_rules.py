@@ -11,15 +11,16 @@ from importlib.metadata import EntryPoint
 import pytest
 import torch
 from conftest import tiny_model
-from test_engine import _ids
+from test_engine import token_ids
 
 import lmeval_ffnskip
 from lmeval_ffnskip.skip import rules
 from lmeval_ffnskip.skip.engine import attach
 from lmeval_ffnskip.skip.naming import config_name, method_of
+from lmeval_ffnskip.skip.policy import ALWAYS, CHECKS_ONLY, NEVER
 from lmeval_ffnskip.skip.rule import FFNRule, LayerRule
-from lmeval_ffnskip.skip.rules.spread import _position_hash
-from lmeval_ffnskip.skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy, setting_names
+from lmeval_ffnskip.skip.rules.spread import position_hash
+from lmeval_ffnskip.skip.settings import SkipPolicy, setting_names
 
 N_LAYERS = 12
 
@@ -143,7 +144,7 @@ def _spread(mean: float) -> SkipPolicy:
 
 def test_spread_skips_after_a_layer_exactly_at_its_level_and_not_just_below():
     policy = _spread(0.8)  # groups [2, 3, 4], [5, 6, 7], [8, 9, 10]; level 0.8 everywhere
-    position = next(p for p in range(100) if _position_hash(policy.seed, p) % 9 == 0)  # the uncut groups
+    position = next(p for p in range(100) if position_hash(policy.seed, p) % 9 == 0)  # the uncut groups
     for cos, expected in ((0.8, [2, 5, 8]), (_below(0.8), [4, 7, 10])):
         rule, record = _pass(policy, [position])
         assert rule.checked == range(1, 10) and rule.skippable == range(2, 11)
@@ -175,7 +176,7 @@ def test_the_first_eligible_step_is_the_one_warmup_steps_after_the_prompt(method
         method=method, warmup=3, threshold=ALWAYS, calibration=((-5.0, 0.1),) * N_LAYERS, cold_start=2
     )
     with attach(model, policy, record=True) as engine:
-        model.generate(_ids(2, 5), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        model.generate(token_ids(2, 5), max_new_tokens=6, min_new_tokens=6, do_sample=False)
     skipped = [int(step.sum()) for step in engine.history]  # the prompt pass, then 5 decoding steps
     k = engine.layout.k
     assert skipped == [0, 0, 0, 0, 2 * k, 2 * k]  # steps 0, 1, 2 warm up; step 3 skips
@@ -227,7 +228,7 @@ def test_an_external_rule_runs_through_attach_with_its_own_settings(plugin):
     for args, skipped in (({}, [2, 4, 6]), ({"every": "3"}, [3, 6])):
         policy = SkipPolicy.from_args({"method": method, "warmup": "1", **args})
         with attach(model, policy, record=True) as engine:
-            model.generate(_ids(1, 5), max_new_tokens=5, min_new_tokens=5, do_sample=False)
+            model.generate(token_ids(1, 5), max_new_tokens=5, min_new_tokens=5, do_sample=False)
         summary = engine.stats.summary()
         assert engine.stats.eligible == 3  # 4 decoding steps, the first warms up
         assert summary["skip_ratio_eligible"] == len(skipped) / 8

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
-from test_engine import _count_ffn_rows, _ids
+from test_engine import count_ffn_rows, token_ids
 
 from lmeval_ffnskip.harness.calibrate import similarities
 from lmeval_ffnskip.skip.engine import attach
-from lmeval_ffnskip.skip.rules.spread import _position_hash, groups
+from lmeval_ffnskip.skip.rules.spread import groups, position_hash
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
 N_LAYERS = 12
@@ -23,7 +23,7 @@ def _policy(calibration: tuple[tuple[float, float], ...], **kw: object) -> SkipP
 def _measured_calibration(model: torch.nn.Module) -> tuple[tuple[float, float], ...]:
     """The tiny model's own per-layer similarity (mean, std), the means raised by two std so that
     levels are reached rarely enough that some tokens never reach one: decisions differ per token."""
-    ids = _ids(4, 8, seed=3)
+    ids = token_ids(4, 8, seed=3)
     cos = similarities(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 16)
     return tuple((m + 2 * s, s) for m, s in zip(cos.mean(0).tolist(), cos.std(0).tolist(), strict=True))
 
@@ -32,22 +32,22 @@ def _measured_calibration(model: torch.nn.Module) -> tuple[tuple[float, float], 
 def test_one_skip_per_group_of_the_tokens_cut_at_the_first_or_last_layer_by_level():
     model = tiny_model("llama", n_layers=N_LAYERS)
     # a seed under which positions 2..9 (the eligible ones) include cut offsets 0 and 1
-    seed = next(s for s in range(1000) if {_position_hash(s, p) % 9 for p in range(2, 10)} >= {0, 1})
+    seed = next(s for s in range(1000) if {position_hash(s, p) % 9 for p in range(2, 10)} >= {0, 1})
     always = _policy(((-5.0, 0.1),) * N_LAYERS, seed=seed)  # every similarity reaches its level
     never = _policy(((5.0, 0.1),) * N_LAYERS, seed=seed)  # none does
     assert groups(always.layout(N_LAYERS)) == [[2, 3, 4], [5, 6, 7], [8, 9, 10]]
     # offset 1 rotates the groups by one layer: {3, 4, 5}, {6, 7, 8}, {9, 10, 2}
     expected = {"always": {0: [2, 5, 8], 1: [2, 4, 6]}, "never": {0: [4, 7, 10], 1: [5, 8, 10]}}
     for name, policy in (("always", always), ("never", never)):
-        rows = _count_ffn_rows(model)
+        rows = count_ffn_rows(model)
         with attach(model, policy, record=True) as engine:
-            model(_ids(2, 10))
+            model(token_ids(2, 10))
         skip = engine.history[0]
         assert not skip[:, :2].any() and (skip[:, 2:].sum(-1) == 3).all()
         assert sum(rows) == engine.stats.tokens * N_LAYERS - engine.stats.skipped  # no FFN work
         seen = {}
         for pos in range(2, 10):
-            offset = _position_hash(seed, pos) % 9
+            offset = position_hash(seed, pos) % 9
             layers = skip[0, pos].nonzero().squeeze(1).tolist()
             assert skip[1, pos].nonzero().squeeze(1).tolist() == layers  # same position, same cut
             seen.setdefault(offset, layers)
@@ -75,13 +75,13 @@ def test_hot_layers_always_run_and_calibration_is_required():
 def test_teacher_forced_pass_equals_decoding_and_rows_decide_alone(arch):
     model = tiny_model(arch, n_layers=N_LAYERS)
     policy = _policy(_measured_calibration(model))
-    ids = _ids(1, 24)
+    ids = token_ids(1, 24)
     (engine, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
     assert torch.equal(torch.cat(stepwise.history, dim=1), engine.history[0])
     torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
     assert 0 < engine.stats.never_fired < engine.stats.eligible  # the levels split the tokens
 
-    prompts = [_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12)]
+    prompts = [token_ids(1, n, seed=n)[0] for n in (3, 9, 5, 12)]
     decoding = SkipPolicy(**{**policy.__dict__, "skip_prompt": False})
     with attach(model, decoding):
         singles, together = alone_and_batched(model, prompts, 10)

@@ -27,9 +27,10 @@ from ..harness.options import Methods, Number, check_all
 from ..skip.engine import attach, generate_fixed, make_engine, spanning
 from ..skip.hf_compat import cache_keyword, output_cache
 from ..skip.naming import DENSE, config_name
+from ..skip.policy import ALWAYS, CHECKS_ONLY, NEVER
 from ..skip.provenance import versions
 from ..skip.rules import known_traits, rule_class
-from ..skip.settings import ALWAYS, CHECKS_ONLY, NEVER, SkipPolicy
+from ..skip.settings import SkipPolicy
 from .timing import Counts, StepClock, mark, seconds
 
 HF_STATIC = "hf-static"  # the config and path of HF's own static-cache compiled generate

@@ -24,9 +24,9 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from .adapters import ARCHITECTURES, FFNSite
-from .device import DeviceForm, State
 from .ffn_op import ACTIVATIONS
 from .hooks import Patches, unchanged
+from .rule import DeviceForm, State
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BlockFFN = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # (h, rows skipping) -> block

@@ -4,7 +4,7 @@ done on the device.
 ``prefill`` runs the prompt over the stock modules (eagerly) into a static KV cache
 (transformers' ``StaticCache``, one per batch size and cache length, the last one per batch size
 kept and reset between calls);
-``decode_one_token`` is one decoder pass in which the rule's device form (``device.py``) decides
+``decode_one_token`` is one decoder pass in which the rule's device form (``rule.DeviceForm``) decides
 per layer and the FFN op reads those decisions (``compiled.py``): the same compiled step for
 every token, with no branch and no host read, so on CUDA it runs as one CUDA graph. How it is
 compiled (no module guards, CUDA graphs and their refusals, when the model changed) is

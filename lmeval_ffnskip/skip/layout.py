@@ -4,10 +4,8 @@ eligible token."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .settings import SkipPolicy
+from .policy import PolicyFields
 
 
 def default_cold(n_layers: int) -> int:
@@ -29,7 +27,7 @@ class LayerLayout:
     hot: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, policy: SkipPolicy, n_layers: int) -> LayerLayout:
+    def of(cls, policy: PolicyFields, n_layers: int) -> LayerLayout:
         """``policy``'s cold layers (``default_cold`` where unset), checked against the depth, and
         k = round(target_skip * n_layers)."""
         cold_start = default_cold(n_layers) if policy.cold_start is None else policy.cold_start

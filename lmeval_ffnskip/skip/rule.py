@@ -48,7 +48,7 @@ An FFN rule, per attached model:
 Decisions are plain Python lists: a pass runs once per generated token, and where decoding is
 launch-bound a small tensor operation per pass costs what a kernel launch does.
 
-Optionally, ``device()`` returns the rule's device form (``device.DeviceForm``): the same
+Optionally, ``device()`` returns the rule's device form (``DeviceForm``, below): the same
 decisions as tensor operations inside one compiled decoding step (``compiled.py``), with no host
 read. By default None: the compiled path refuses the method by name. The base ``DeviceForm``
 serves rules whose ``begin`` decides everything up front (dense, static, random): it calls
@@ -70,16 +70,16 @@ import abc
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from .layout import LayerLayout
+from .policy import PolicyFields
 from .steps import past_warmup
 
 if TYPE_CHECKING:
     import torch
 
-    from .device import DeviceForm
     from .rows import PassSkips
-    from .settings import SkipPolicy
 
 Need = Literal["levels", "influence", "profile"]
+State = dict[str, "torch.Tensor"]  # a device form's per-step tensors
 
 
 class Rule(abc.ABC):
@@ -94,13 +94,13 @@ class Rule(abc.ABC):
     threshold_trigger: ClassVar[bool] = False
     Options: ClassVar[type | None] = None
 
-    def __init__(self, policy: SkipPolicy, layout: LayerLayout) -> None:
+    def __init__(self, policy: PolicyFields, layout: LayerLayout) -> None:
         self.policy, self.layout = policy, layout
         own = type(self).Options
         self.options: Any = policy.options if policy.options is not None or own is None else own()
 
     @classmethod
-    def check(cls, policy: SkipPolicy) -> None:
+    def check(cls, policy: PolicyFields) -> None:
         """Raise ValueError where ``policy`` asks what this method cannot do at any depth; here,
         where its ``options`` are not this rule's ``Options``."""
         own = cls.Options
@@ -111,12 +111,12 @@ class Rule(abc.ABC):
             )
 
     @classmethod
-    def depends_on_weights(cls, policy: SkipPolicy) -> bool:
+    def depends_on_weights(cls, policy: PolicyFields) -> bool:
         """Whether ``policy``'s decisions depend on the weights' values."""
         return True
 
     @classmethod
-    def layout_for(cls, policy: SkipPolicy, n_layers: int) -> LayerLayout:
+    def layout_for(cls, policy: PolicyFields, n_layers: int) -> LayerLayout:
         """``policy`` resolved for ``n_layers`` decoder layers."""
         return LayerLayout.of(policy, n_layers)
 
@@ -127,7 +127,7 @@ class FFNRule(Rule):
     skips_layers = False
 
     @classmethod
-    def layout_for(cls, policy: SkipPolicy, n_layers: int) -> LayerLayout:
+    def layout_for(cls, policy: PolicyFields, n_layers: int) -> LayerLayout:
         layout = cls.resolve(policy, super().layout_for(policy, n_layers))
         most = max(cls.limit(layout), 0)
         if layout.k > most:
@@ -139,7 +139,7 @@ class FFNRule(Rule):
         return layout
 
     @classmethod
-    def resolve(cls, policy: SkipPolicy, layout: LayerLayout) -> LayerLayout:
+    def resolve(cls, policy: PolicyFields, layout: LayerLayout) -> LayerLayout:
         """``layout`` with what this rule sets per depth (by default nothing)."""
         return layout
 
@@ -168,7 +168,7 @@ class FFNRule(Rule):
         """The record of this pass's decisions, for rows ``eligible`` at ``positions``."""
 
     def device(self) -> DeviceForm | None:
-        """The decisions as a compiled step makes them (``device.DeviceForm``), or None: not offered."""
+        """The decisions as a compiled step makes them (``DeviceForm``, below), or None: not offered."""
         return None
 
 
@@ -177,12 +177,12 @@ class LayerRule(Rule):
 
     skips_layers = True
 
-    def __init__(self, policy: SkipPolicy, layout: LayerLayout, protected: frozenset[int]) -> None:
+    def __init__(self, policy: PolicyFields, layout: LayerLayout, protected: frozenset[int]) -> None:
         super().__init__(policy, layout)
         self.protected = protected  # layers whose KV cache HF reads to size attention masks
 
     @classmethod
-    def check(cls, policy: SkipPolicy) -> None:
+    def check(cls, policy: PolicyFields) -> None:
         super().check(policy)
         if policy.refresh_every:
             raise ValueError(
@@ -212,3 +212,58 @@ class LayerRule(Rule):
     @abc.abstractmethod
     def counts(self, since: torch.Tensor) -> torch.Tensor:
         """Per token ([batch, length], ``since`` as in ``eligible``), how many of ``order`` it skips."""
+
+
+class DeviceForm:
+    """A rule's device form: its per-token decisions made inside one compiled decoding step
+    (``compiled.py``), as tensor operations, so that the step has no host read.
+
+    Per step the decoder calls, on the host, ``inputs(eligible, positions)`` (plain lists, as the
+    eager rule gets them), then inside the traced step ``start``, and per patched layer, in
+    order, ``enter`` (before its FFN block, where the layer is skippable) and, where
+    ``checks_at``, ``measured`` (after it), and at the end ``never``. Every tensor is [batch]
+    (one decoding token per row) unless said otherwise; ``state`` is a dict of tensors that the
+    form replaces, never changes in place.
+
+    This base form makes the decisions up front on the host, like ``PassSkips``'s base record
+    (dense, static, random): ``begin`` runs on the host and its mask goes in as a tensor."""
+
+    def __init__(self, rule: FFNRule) -> None:
+        self.rule = rule
+        self.layers = tuple(sorted(set(rule.checked) | set(rule.skippable)))  # the patched layers
+        self.skippable = frozenset(rule.skippable)
+
+    def inputs(self, eligible: list[bool], positions: list[int]) -> dict[str, torch.Tensor]:
+        """Host tensors for one step: here the record's [batch, n_layers] mask and never-fired rows."""
+        import torch  # the rule contract itself loads without torch
+
+        never = torch.zeros(len(eligible), dtype=torch.bool)
+        if not any(eligible):
+            return {
+                "mask": torch.zeros(len(eligible), self.rule.layout.n_layers, dtype=torch.bool),
+                "never": never,
+            }
+        record = self.rule.begin(eligible, positions)
+        never[record.never_rows()] = True
+        return {"mask": record.mask(), "never": never}
+
+    def start(self, eligible: torch.Tensor, inputs: dict[str, torch.Tensor]) -> State:
+        """The state at the first layer of a step."""
+        return dict(inputs, eligible=eligible)
+
+    def enter(self, layer: int, state: State) -> tuple[torch.Tensor, State]:
+        """Which rows skip ``layer``'s FFN block (a layer in ``skippable``), and the state after."""
+        return state["mask"][:, layer], state
+
+    def checks_at(self, layer: int) -> bool:
+        """Whether ``measured`` is called after ``layer``'s block (fixed per form: the graph's shape)."""
+        return False
+
+    def measured(self, layer: int, state: State, cosines: torch.Tensor) -> State:
+        """The state after cos(h, h + block) at ``layer`` (float64, every row; rows that skipped
+        the block have 1 there and must be ignored)."""
+        return state
+
+    def never(self, state: State) -> torch.Tensor:
+        """Eligible rows whose rule never fired in this step."""
+        return state["never"]

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..device import DeviceForm
 from ..layout import LayerLayout
+from ..policy import PolicyFields
 from ..rows import PassSkips
-from ..rule import FFNRule
-from ..settings import SkipPolicy
+from ..rule import DeviceForm, FFNRule
 
 
 class Dense(FFNRule):
     reference = True
 
     @classmethod
-    def depends_on_weights(cls, policy: SkipPolicy) -> bool:
+    def depends_on_weights(cls, policy: PolicyFields) -> bool:
         return False
 
     @classmethod
-    def resolve(cls, policy: SkipPolicy, layout: LayerLayout) -> LayerLayout:
+    def resolve(cls, policy: PolicyFields, layout: LayerLayout) -> LayerLayout:
         return dataclasses.replace(layout, k=0)
 
     @classmethod

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from ..device import DeviceForm
 from ..layout import LayerLayout
+from ..policy import PolicyFields
 from ..rows import PassSkips
-from ..rule import FFNRule
-from ..settings import SkipPolicy
+from ..rule import DeviceForm, FFNRule
 
 
 class RandomDraws:
@@ -37,12 +36,12 @@ class DrawnSkips(FFNRule):
     """A rule that skips the k FFNs drawn for each eligible token among ``skippable``, decided
     up front; the limit is the size of that range."""
 
-    def __init__(self, policy: SkipPolicy, layout: LayerLayout) -> None:
+    def __init__(self, policy: PolicyFields, layout: LayerLayout) -> None:
         super().__init__(policy, layout)
         self.draws = RandomDraws(policy.seed, layout.k, self.skippable, layout.n_layers)
 
     @classmethod
-    def depends_on_weights(cls, policy: SkipPolicy) -> bool:
+    def depends_on_weights(cls, policy: PolicyFields) -> bool:
         return False
 
     def begin(self, eligible: list[bool], positions: list[int]) -> PassSkips:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from ..device import DeviceForm, State
 from ..layout import LayerLayout
+from ..policy import ALWAYS, CHECKS_ONLY, PolicyFields
 from ..rows import PassSkips
-from ..rule import FFNRule
-from ..settings import ALWAYS, CHECKS_ONLY, SkipPolicy
+from ..rule import DeviceForm, FFNRule, State
 
 
 class FFNSkip(FFNRule):
@@ -25,7 +24,7 @@ class FFNSkip(FFNRule):
     threshold_trigger = True
 
     @classmethod
-    def depends_on_weights(cls, policy: SkipPolicy) -> bool:
+    def depends_on_weights(cls, policy: PolicyFields) -> bool:
         return ALWAYS < policy.threshold <= CHECKS_ONLY  # else it fires at once, or never
 
     @classmethod

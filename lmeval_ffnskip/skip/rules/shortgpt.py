@@ -10,14 +10,14 @@ import functools
 import torch
 
 from ..layout import LayerLayout
+from ..policy import PolicyFields
 from ..rule import LayerRule
-from ..settings import SkipPolicy
 
 
 class ShortGPT(LayerRule):
     needs = frozenset({"influence"})
 
-    def __init__(self, policy: SkipPolicy, layout: LayerLayout, protected: frozenset[int]) -> None:
+    def __init__(self, policy: PolicyFields, layout: LayerLayout, protected: frozenset[int]) -> None:
         super().__init__(policy, layout, protected)
         if policy.influence is None or len(policy.influence) != layout.n_layers:
             raise ValueError(

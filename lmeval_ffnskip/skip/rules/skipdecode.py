@@ -15,13 +15,13 @@ import functools
 
 import torch
 
+from ..policy import PolicyFields
 from ..rule import LayerRule
-from ..settings import SkipPolicy
 
 
 class SkipDecode(LayerRule):
     @classmethod
-    def depends_on_weights(cls, policy: SkipPolicy) -> bool:
+    def depends_on_weights(cls, policy: PolicyFields) -> bool:
         return False
 
     @functools.cached_property

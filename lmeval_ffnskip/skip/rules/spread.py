@@ -30,11 +30,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..device import DeviceForm, State
 from ..layout import LayerLayout
+from ..policy import PolicyFields
 from ..rows import PassSkips
-from ..rule import FFNRule
-from ..settings import SkipPolicy
+from ..rule import DeviceForm, FFNRule, State
 
 SPREAD_Z = 0.0  # a layer's similarity is high from its calibrated mean + SPREAD_Z std
 _MASK64 = (1 << 64) - 1
@@ -58,7 +57,7 @@ class Spread(FFNRule):
     needs = frozenset({"levels"})
 
     @classmethod
-    def resolve(cls, policy: SkipPolicy, layout: LayerLayout) -> LayerLayout:
+    def resolve(cls, policy: PolicyFields, layout: LayerLayout) -> LayerLayout:
         """The hot layers of this model's calibration (``hot_layers``) among the non-cold ones."""
         if policy.calibration is None or len(policy.calibration) != layout.n_layers:
             raise ValueError(
@@ -100,7 +99,7 @@ class SpreadPass(PassSkips):
     """
 
     def __init__(
-        self, policy: SkipPolicy, layout: LayerLayout, eligible: list[bool], positions: list[int]
+        self, policy: PolicyFields, layout: LayerLayout, eligible: list[bool], positions: list[int]
     ) -> None:
         assert policy.calibration is not None  # checked by Spread.resolve
         super().__init__(eligible, layout.n_layers)
@@ -108,7 +107,7 @@ class SpreadPass(PassSkips):
         by_cut: dict[int, list[int]] = {}
         if layout.k:
             for row in self.rows:
-                by_cut.setdefault(_position_hash(policy.seed, positions[row]) % len(cuts), []).append(row)
+                by_cut.setdefault(position_hash(policy.seed, positions[row]) % len(cuts), []).append(row)
         self._cuts = [_RowsOfCut(cuts[c], members) for c, members in by_cut.items()]
         self._high: set[int] = set()  # rows whose similarity at the previous layer reached its level
         self._fired: set[int] = set()  # rows with at least one similarity-chosen skip
@@ -199,7 +198,7 @@ def _spread_tables(
     return levels, tuple(cuts)
 
 
-def _position_hash(seed: int, position: int) -> int:
+def position_hash(seed: int, position: int) -> int:
     """A well-mixed 64-bit integer of (seed, position) (splitmix64): per-position draws that
     need no table and do not depend on which positions a pass holds."""
     x = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
@@ -228,7 +227,7 @@ class SpreadOnDevice(DeviceForm):
         self.checked = frozenset(rule.checked)
 
     def inputs(self, eligible: list[bool], positions: list[int]) -> dict[str, torch.Tensor]:
-        cuts = torch.tensor([_position_hash(self.seed, p) % len(self.group) for p in positions])
+        cuts = torch.tensor([position_hash(self.seed, p) % len(self.group) for p in positions])
         group = self.group[cuts].masked_fill(~torch.tensor(eligible)[:, None], -1)
         return {"group": group, "last": self.last[cuts]}
 
