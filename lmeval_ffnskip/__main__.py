@@ -1,4 +1,4 @@
-"""``python -m lmeval_ffnskip``: see ``cli.py``."""
+"""``python -m lmeval_ffnskip``: see ``cli/__init__.py``."""
 
 from .cli import main
 

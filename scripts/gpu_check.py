@@ -21,12 +21,13 @@ import argparse
 import json
 import sys
 import warnings
+from contextlib import nullcontext
 
 import torch
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip.decode import CompiledDecoder
-from lmeval_ffnskip.skip.engine import attach, generate_fixed
+from lmeval_ffnskip.skip.engine import attach, generate_fixed, make_engine
 from lmeval_ffnskip.skip.policy import ALWAYS
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
@@ -42,7 +43,7 @@ def check(model: torch.nn.Module, method: str, name: str, batch: dict[str, torch
     with attach(model, policy, record=True) as eager:
         generate_fixed(model, batch, NEW)
         want = generate_fixed(model, batch, NEW)
-    with attach(model, policy, record=True) as engine:
+    with nullcontext(make_engine(model, policy, record=True)) as engine:
         decoder = CompiledDecoder(model, engine)
         args = (batch["input_ids"], batch["attention_mask"], NEW)
         decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)  # compiles (and captures)

@@ -16,8 +16,8 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from lmeval_ffnskip.harness.checkpoints import resolve
 from lmeval_ffnskip.harness.lm import FFNSkipLM
+from lmeval_ffnskip.inputs.checkpoints import resolve
 from lmeval_ffnskip.skip.provenance import versions
 
 PROMPT = "The history of the printing press begins"

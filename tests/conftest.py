@@ -68,7 +68,7 @@ def arch_model(request: pytest.FixtureRequest) -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def smollm2() -> tuple[torch.nn.Module, object]:
-    from lmeval_ffnskip.harness.checkpoints import resolve
+    from lmeval_ffnskip.inputs.checkpoints import resolve
 
     path = resolve("smollm2-135m")
     tok = AutoTokenizer.from_pretrained(path)
@@ -108,7 +108,7 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     fails the test."""
     from transformers import AutoModelForCausalLM
 
-    from lmeval_ffnskip.harness import checkpoints
+    from lmeval_ffnskip.inputs import checkpoints
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("weights were loaded")
@@ -118,12 +118,16 @@ def no_weights(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
 
 
-def refused_in_one_line(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> str:
+def refused_in_one_line(
+    argv: list[str], expected: str | tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> str:
     """``ffnskip ARGV`` exits 2 with one stderr line, ``ffnskip <subcommand>: ...``, holding
-    ``expected``; returns the line."""
+    ``expected`` (each of the facts, where several); returns the line."""
     from lmeval_ffnskip.cli import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"ffnskip {argv[0]}: ") and expected in err, err
+    facts = (expected,) if isinstance(expected, str) else expected
+    assert err.count("\n") == 1 and err.startswith(f"ffnskip {argv[0]}: "), err
+    assert all(fact in err for fact in facts), err
     return err

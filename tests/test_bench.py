@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import refused_in_one_line, tiny_model
 
-from lmeval_ffnskip.harness.calibrate import similarities
 from lmeval_ffnskip.instruments.bench import (
     Config,
     _lockstep,
@@ -15,6 +14,8 @@ from lmeval_ffnskip.instruments.bench import (
     default_configs,
     run_bench,
 )
+from lmeval_ffnskip.instruments.calibrate import similarities
+from lmeval_ffnskip.instruments.options import BenchOptions
 from lmeval_ffnskip.instruments.shapes import SHAPES, shape_config, thin
 from lmeval_ffnskip.skip.engine import attach, generate_fixed, generation_stats
 from lmeval_ffnskip.skip.settings import SkipPolicy
@@ -33,7 +34,7 @@ def test_decode_speed_rows_and_ideal():
     assert set(by) == {c.name for c in configs}
     for row in rows:
         assert row["prompt_tokens"] == 11 and row["batch_size"] == 2
-        assert row["tokens_per_s"] == 2 * 4 / row["decode_seconds"] > 0
+        assert row["tokens_per_s"] * row["decode_seconds"] == pytest.approx(8)  # 2 rows x 4 decoding steps
         assert 0 < row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]
         assert row["peak_memory_mb"] is None  # CPU
     # skip ratios are over decoding passes only: warmup=0 makes every decoding step eligible
@@ -180,14 +181,16 @@ def test_thin_shape_bench_end_to_end():
     """``--shape llama-2-7b --thin``: a 32-layer model with random weights, the forced trigger
     skipping exactly k of 32 FFNs per decoding step, the JSON saying what the model is."""
     payload = run_bench(
-        shape="llama-2-7b",
-        thin=True,
-        batch_sizes=(1, 2),
-        targets=(0.25,),
-        methods=("ffnskip", "static"),
-        new_tokens=4,
-        reps=1,
-        lockstep=True,
+        BenchOptions(
+            shape="llama-2-7b",
+            thin=True,
+            batch_sizes=(1, 2),
+            targets=(0.25,),
+            methods=("ffnskip", "static"),
+            new_tokens=4,
+            reps=1,
+            lockstep=True,
+        ),
         progress=False,
     )
     env = payload["environment"]
@@ -207,21 +210,23 @@ def test_thin_shape_bench_end_to_end():
         assert static == 8 / 32 if batch == 1 else static < 8 / 32
         checks = by["checks-only", batch]
         assert checks["reads_per_step"] == 23.0 and "ms_per_read" in checks
-    with pytest.raises(ValueError, match="--shape"):
-        run_bench(thin=True)
+    with pytest.raises(ValueError, match="pass shape with thin"):
+        run_bench(BenchOptions(thin=True))
     with pytest.raises(ValueError, match="decide from the weights"):
-        run_bench(shape="llama-2-7b", thin=True, methods=("spread",))
+        run_bench(BenchOptions(shape="llama-2-7b", thin=True, methods=("spread",)))
 
 
+# each bad flag's line names the flag as typed, the value and what is valid
 BAD_FLAGS = {
-    ("--batch-sizes", "1,0"): "--batch-sizes='1,0' is invalid: it must be a list of integers >= 1, comma",
-    ("--batch-sizes", "x"): "--batch-sizes='x' is invalid: it must be a list of integers >= 1",
-    ("--targets", "abc"): "--targets='abc' is invalid: it must be a list of numbers in [0, 1], comma",
-    ("--new-tokens", "1"): "--new-tokens=1 is out of range: it must be an integer >= 2",
-    ("--reps", "0"): "--reps=0 is out of range: it must be an integer >= 1",
-    ("--threshold", "-2"): "--threshold=-2.0 is out of range: it must be a number >= -1",
-    ("--methods", "teleport"): "--methods: method='teleport' is unknown; choose one of ffnskip",
-    ("--shape", "llama-2-7b", "--reps", "-1"): "--reps=-1 is out of range",
+    ("--batch-sizes", "1,0"): ("--batch-sizes='1,0'", "integers >= 1"),
+    ("--batch-sizes", "x"): ("--batch-sizes='x'", "integers >= 1"),
+    ("--targets", "abc"): ("--targets='abc'", "numbers in [0, 1]"),
+    ("--new-tokens", "1"): ("--new-tokens=1", ">= 2"),
+    ("--reps", "0"): ("--reps=0", ">= 1"),
+    ("--threshold", "-2"): ("--threshold=-2.0", ">= -1"),
+    ("--methods", "teleport"): ("--methods", "'teleport'", "ffnskip"),
+    ("--stat", "mean"): ("--stat='mean'", "p50, p10, run"),
+    ("--shape", "llama-2-7b", "--reps", "-1"): ("--reps=-1", ">= 1"),
 }
 
 
@@ -286,4 +291,6 @@ def test_compile_on_a_shape_the_compiled_path_cannot_run_is_refused_before_it_is
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_config", lambda *a, **k: pytest.fail("a model was built"))
     with pytest.raises(ValueError, match="qwen3_moe: its FFN block is not a gated MLP"):
-        run_bench(shape="qwen3-30b-a3b", thin=True, batch_sizes=(1,), targets=(0.25,), compile=True)
+        run_bench(
+            BenchOptions(shape="qwen3-30b-a3b", thin=True, batch_sizes=(1,), targets=(0.25,), compile=True)
+        )

@@ -10,12 +10,12 @@ import torch
 from conftest import DATA_DIR, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.harness import calibrate as cal
 from lmeval_ffnskip.harness.lm import FFNSkipLM
+from lmeval_ffnskip.instruments import calibrate as cal
 from lmeval_ffnskip.skip.engine import attach
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
-SMALL = cal.Settings(prompts=4, prompt_tokens=32, new_tokens=24)
+SMALL = cal.CalibrationText(prompts=4, prompt_tokens=32, new_tokens=24)
 
 
 def test_cold_regions_and_predicted_ratio_by_hand():
@@ -93,7 +93,7 @@ def test_profiles_drive_the_model_and_are_cached(smollm2, tmp_path, monkeypatch)
     profiles of another depth or corrupt ones are refused; profile=auto calibrates once."""
     monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
     model, tok = smollm2
-    profile = cal.calibrate(model, tok, 0.25, cal.Settings(prompts=2, prompt_tokens=16, new_tokens=8))
+    profile = cal.calibrate(model, tok, 0.25, cal.CalibrationText(prompts=2, prompt_tokens=16, new_tokens=8))
     assert profile["format"] == cal.PROFILE_FORMAT and profile["policy"]["target_skip"] == profile["k"] / 30
     path = tmp_path / "profile.json"
     path.write_text(json.dumps(profile))
@@ -129,7 +129,9 @@ def test_profiles_drive_the_model_and_are_cached(smollm2, tmp_path, monkeypatch)
     assert json.loads(cached.read_text()) == profile
     assert cal.cached_profile(model, tok, 0.4, SMALL) != cached and len(calls) == 2
     auto = FFNSkipLM(profile="auto", target_skip=0.25, device="cpu")
-    assert calls[-1] == (0.25, cal.Settings()) and auto.policy.threshold == profile["policy"]["threshold"]
+    assert (
+        calls[-1] == (0.25, cal.CalibrationText()) and auto.policy.threshold == profile["policy"]["threshold"]
+    )
     assert auto.profile.startswith(str(tmp_path / "cache" / "profiles"))
 
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from lmeval_ffnskip.harness import checkpoints
+from lmeval_ffnskip.inputs import checkpoints
 
 
 def test_other_names_pass_through():

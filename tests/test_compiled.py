@@ -6,6 +6,7 @@ model."""
 from __future__ import annotations
 
 import functools
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip import compiling, decode
 from lmeval_ffnskip.skip.compiling import graph_refusal
 from lmeval_ffnskip.skip.decode import CompiledDecoder
-from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed
+from lmeval_ffnskip.skip.engine import attach, checked_generate, generate_fixed, make_engine
 from lmeval_ffnskip.skip.policy import ALWAYS
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
@@ -42,14 +43,14 @@ def _eager(model: torch.nn.Module, policy: SkipPolicy, eos: int) -> tuple[object
         outs = [generate_fixed(model, batch, NEW) for batch in tiny_batches()]
         batch = tiny_batches()[1]
         gen = {"max_new_tokens": NEW, "do_sample": False, "eos_token_id": eos, "pad_token_id": 0}
-        outs.append(checked_generate(model, batch["attention_mask"], lambda: model.generate(**batch, **gen)))
+        outs.append(checked_generate(engine, batch["attention_mask"], lambda: model.generate(**batch, **gen)))
     return engine, outs
 
 
 def _compiled(
     model: torch.nn.Module, policy: SkipPolicy, eos: int
 ) -> tuple[object, list[torch.Tensor], float]:
-    with attach(model, policy, record=True) as engine:
+    with nullcontext(make_engine(model, policy, record=True)) as engine:
         decoder = CompiledDecoder(model, engine)
         outs = [
             decoder.generate(b["input_ids"], b["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1)
@@ -58,7 +59,7 @@ def _compiled(
         batch = tiny_batches()[1]
         outs.append(
             checked_generate(
-                model,
+                engine,
                 batch["attention_mask"],
                 lambda: decoder.generate(
                     batch["input_ids"], batch["attention_mask"], NEW, eos_token_id=eos, pad_token_id=0
@@ -120,7 +121,10 @@ def test_other_families_same_decisions_as_eager(model_type: str) -> None:
 )
 def test_blocks_the_op_cannot_run_are_refused(model_type: str, why: str) -> None:
     model = tiny_model(model_type, n_layers=4)
-    with attach(model, POLICIES["ffnskip"]) as engine, pytest.raises(NotImplementedError, match=why):
+    with (
+        nullcontext(make_engine(model, POLICIES["ffnskip"])) as engine,
+        pytest.raises(NotImplementedError, match=why),
+    ):
         CompiledDecoder(model, engine)
 
 
@@ -144,7 +148,7 @@ def test_a_refused_cuda_graph_is_reported(model: torch.nn.Module, monkeypatch: p
     policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
-    with attach(model, policy, record=True) as engine:
+    with nullcontext(make_engine(model, policy, record=True)) as engine:
         decoder = CompiledDecoder(model, engine)
         assert decoder.summary()["cuda_graphs"] == "off: decoding on cpu"
         decoder.step.graphs = True  # as on CUDA
@@ -169,7 +173,7 @@ def test_a_changed_model_is_compiled_anew() -> None:
     model = tiny_model("llama", n_layers=4)
     policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     args = (batch["input_ids"], batch["attention_mask"], NEW)
-    with attach(model, policy) as engine:
+    with nullcontext(make_engine(model, policy)) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
         step = decoder.step._compiled
@@ -208,7 +212,10 @@ def test_graph_refusal_is_told_from_other_errors() -> None:
 def test_methods_without_device_form_refused(method: str) -> None:
     model = tiny_model("llama", n_layers=6)
     policy = SkipPolicy(method=method, target_skip=0.25, calibration=((0.9, 0.05),) * 6, influence=(0.1,) * 6)
-    with attach(model, policy) as engine, pytest.raises(NotImplementedError, match=f"method={method}"):
+    with (
+        nullcontext(make_engine(model, policy)) as engine,
+        pytest.raises(NotImplementedError, match=f"method={method}"),
+    ):
         CompiledDecoder(model, engine)
 
 
@@ -234,13 +241,19 @@ def test_generation_settings_the_loop_does_not_apply_are_refused() -> None:
     assert decode.generation_refusal({"max_new_tokens": 4, "do_sample": False, "temperature": 0.0}) is None
     assert "repetition_penalty=1.3" in decode.generation_refusal({"repetition_penalty": 1.3})
     model.generation_config.no_repeat_ngram_size = 3
-    with attach(model, POLICIES["static"]) as engine, pytest.raises(NotImplementedError, match="ngram"):
+    with (
+        nullcontext(make_engine(model, POLICIES["static"])) as engine,
+        pytest.raises(NotImplementedError, match="ngram"),
+    ):
         CompiledDecoder(model, engine)
 
 
 def test_sliding_window_models_refused() -> None:
     model = tiny_model("gemma3_text", n_layers=4)
-    with attach(model, POLICIES["static"]) as engine, pytest.raises(NotImplementedError, match="sliding"):
+    with (
+        nullcontext(make_engine(model, POLICIES["static"])) as engine,
+        pytest.raises(NotImplementedError, match="sliding"),
+    ):
         CompiledDecoder(model, engine)
 
 
@@ -252,7 +265,7 @@ def test_a_parameter_given_other_strides_is_compiled_anew() -> None:
     model = tiny_model("llama", n_layers=4)
     policy, batch = POLICIES["ffnskip-at-once"], tiny_batches()[0]
     args = (batch["input_ids"], batch["attention_mask"], NEW)
-    with attach(model, policy) as engine:
+    with nullcontext(make_engine(model, policy)) as engine:
         decoder = CompiledDecoder(model, engine)
         before = decoder.generate(*args, min_new_tokens=NEW, eos_token_id=1)
         step = decoder.step._compiled
@@ -313,7 +326,7 @@ def test_attention_routed_by_kernels_compiles(monkeypatch: pytest.MonkeyPatch) -
     before = _ACTIVE_KERNEL_FUNCS
     with attach(model, policy, record=True) as eager:
         want = generate_fixed(model, batch, NEW)
-    with attach(model, policy, record=True) as engine:
+    with nullcontext(make_engine(model, policy, record=True)) as engine:
         decoder = CompiledDecoder(model, engine)
         have = decoder.generate(
             batch["input_ids"], batch["attention_mask"], NEW, min_new_tokens=NEW, eos_token_id=1

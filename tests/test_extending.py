@@ -55,22 +55,34 @@ def test_the_documented_lm_eval_command(tmp_path):
 def test_fidelity_and_bench_take_the_rule_by_name():
     from lmeval_ffnskip.instruments.bench import run_bench
     from lmeval_ffnskip.instruments.fidelity import run_fidelity
+    from lmeval_ffnskip.instruments.options import BenchOptions, FidelityOptions
 
-    rows = run_fidelity(methods=[METHOD], targets=[0.25], sequences=1, length=48, warmup=16)["rows"]
+    rows = run_fidelity(
+        FidelityOptions(methods=(METHOD,), targets=(0.25,), sequences=1, length=48, warmup=16)
+    )["rows"]
     assert [r["name"] for r in rows] == ["dense", f"{METHOD}-0.25"]
     assert rows[1]["skip_ratio"] == pytest.approx(8 / 30)
-    bench = run_bench(shape="llama-2-7b", thin=True, methods=[METHOD], targets=[0.25], batch_sizes=[1],
-                      new_tokens=4, reps=1, progress=False)  # fmt: skip
+    options = BenchOptions(
+        shape="llama-2-7b",
+        thin=True,
+        methods=(METHOD,),
+        targets=(0.25,),
+        batch_sizes=(1,),
+        new_tokens=4,
+        reps=1,
+    )
+    bench = run_bench(options, progress=False)
     row = next(r for r in bench["rows"] if r["config"] == f"{METHOD}-0.25")
     assert row["skip_ratio"] == pytest.approx(8 / 32)  # 32 layers: k = 8 of the layers 5, 7, ..., 27
 
 
 def test_a_sweep_with_its_report_and_gate(tmp_path):
-    from lmeval_ffnskip.instruments.sweep import SweepConfig, run
     from lmeval_ffnskip.reporting.charts import COLOURS, colour
     from lmeval_ffnskip.reporting.gate import Limits, baseline, compare
     from lmeval_ffnskip.reporting.report import build, render
     from lmeval_ffnskip.reporting.results import load_runs
+    from lmeval_ffnskip.sweep.config import SweepConfig
+    from lmeval_ffnskip.sweep.run import run
 
     os.environ["FFNSKIP_DATA_DIR"] = DATA_DIR
     cfg = SweepConfig(

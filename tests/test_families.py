@@ -189,7 +189,7 @@ def test_plain_lm_eval_runs_a_saved_tiny_checkpoint(tmp_path, model_type: str) -
     from conftest import DATA_DIR
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from lmeval_ffnskip.harness.checkpoints import resolve
+    from lmeval_ffnskip.inputs.checkpoints import resolve
     from lmeval_ffnskip.instruments.shapes import TINY_EXTRA
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))

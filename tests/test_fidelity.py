@@ -12,6 +12,7 @@ from conftest import DATA_DIR, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.instruments.fidelity import continuations, measure
+from lmeval_ffnskip.instruments.options import FidelityOptions
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
 
@@ -65,7 +66,7 @@ def test_bad_flags_exit_2_in_one_line_before_any_weights_load(flags, no_weights,
 
 
 def test_run_fidelity_loads_on_its_device_and_feeds_the_model_there(monkeypatch):
-    from lmeval_ffnskip.harness import checkpoints
+    from lmeval_ffnskip.inputs import checkpoints
     from lmeval_ffnskip.instruments import fidelity
 
     model = tiny_model("llama", n_layers=4)
@@ -73,7 +74,9 @@ def test_run_fidelity_loads_on_its_device_and_feeds_the_model_there(monkeypatch)
     monkeypatch.setattr(checkpoints, "load", lambda *args: loads.append(args) or (model, None))
     monkeypatch.setattr(fidelity, "wikitext_sequences", lambda tokenizer, count, length: text)
     monkeypatch.setattr(fidelity, "measure", lambda model, ids, policies, warmup: fed.append(ids) or [])
-    payload = fidelity.run_fidelity(pretrained="tiny", device="cpu", methods=[], length=8, warmup=2)
+    payload = fidelity.run_fidelity(
+        FidelityOptions(pretrained="tiny", device="cpu", methods=(), length=8, warmup=2)
+    )
     assert loads == [("tiny", "cpu")] and payload["device"] == "cpu"
     text.to.assert_called_once_with(model.device)  # the sequences go where the model is
     assert fed == [text.to.return_value]

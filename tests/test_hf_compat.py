@@ -148,8 +148,11 @@ def test_prompt_lengths_the_engine_misread_and_beam_search_are_refused(monkeypat
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
     beams = partial(model.generate, input_ids=ids, attention_mask=mask, max_new_tokens=3, num_beams=2)
-    with attach(model, SkipPolicy(warmup=1)), pytest.raises(NotImplementedError, match="beam search"):
-        checked_generate(model, mask, beams)
+    with (
+        attach(model, SkipPolicy(warmup=1)) as engine,
+        pytest.raises(NotImplementedError, match="beam search"),
+    ):
+        checked_generate(engine, mask, beams)
     # an engine that reads the padding wrong (every position real) is caught after the call
     real = hf_compat.PassTokens.read
 

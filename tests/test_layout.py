@@ -9,7 +9,7 @@ import lmeval_ffnskip
 
 PACKAGE = Path(lmeval_ffnskip.__file__).parent
 # bottom to top: a folder may import from itself and the folders before it, never after
-ORDER = ("skip", "taskdata", "harness", "instruments", "reporting")
+ORDER = ("skip", "taskdata", "inputs", "instruments", "harness", "sweep", "reporting")
 
 
 def _imports(path: Path) -> set[str]:

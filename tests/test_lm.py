@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import DATA_DIR
 
-from lmeval_ffnskip.harness.checkpoints import resolve
 from lmeval_ffnskip.harness.lm import FFNSkipLM
+from lmeval_ffnskip.inputs.checkpoints import resolve
 from lmeval_ffnskip.taskdata.conversation import decode_answers
 
 MC_DOCS = [
@@ -186,6 +186,44 @@ def test_loglikelihood_skips_only_with_skip_prompt(task_manager, caplog):
     assert skipped["config"]["ffnskip"]["skipped_anything"] is True
     assert 0.2 < stats["skip_ratio_eligible"] <= 8 / 30
     assert stats["layer_skip_frequency"][:4] == [0.0] * 4  # cold layers always run
+
+
+def test_the_engine_is_on_the_model_only_inside_lm_evals_model_calls(task_manager, monkeypatch):
+    """As lm-eval's hf_steered: the skip hooks exist during ``_model_call`` / ``_model_generate``
+    and are gone before and after them (the results still count what was skipped)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from lmeval_ffnskip.skip.hooks import attached_engine
+
+    seen: list[tuple[str, bool]] = []
+    lms: list[FFNSkipLM] = []
+
+    def spying(name: str):
+        real = getattr(HFLM, name)
+
+        def spy(self, *args, **kwargs):
+            seen.append((name, attached_engine(self.model) is self.engine))
+            lms.append(self)
+            return real(self, *args, **kwargs)
+
+        return spy
+
+    for name in ("_model_call", "_model_generate"):
+        monkeypatch.setattr(HFLM, name, spying(name))
+    real_init = FFNSkipLM.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen.append(("constructed", attached_engine(self.model) is not None))
+
+    monkeypatch.setattr(FFNSkipLM, "__init__", init)
+    args = "target_skip=0.25,warmup=0,skip_prompt=true"
+    out = _evaluate("ffnskip", args, ["tiny_mc", "freebaseqa"], task_manager, limit=1)
+    assert ("constructed", False) in seen
+    assert {name for name, _ in seen} == {"constructed", "_model_call", "_model_generate"}
+    assert all(on for name, on in seen if name != "constructed")
+    assert attached_engine(lms[-1].model) is None
+    assert out["config"]["ffnskip"]["stats"]["skipped"] > 0
 
 
 def test_generation_records_stats(task_manager):

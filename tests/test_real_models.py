@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from lmeval_ffnskip.harness.checkpoints import resolve
+from lmeval_ffnskip.inputs.checkpoints import resolve
 from lmeval_ffnskip.instruments.flops import analytic_decode_flops, decode_flops
 from lmeval_ffnskip.skip.engine import attach
 from lmeval_ffnskip.skip.hf_compat import cache_keyword

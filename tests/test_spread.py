@@ -7,7 +7,7 @@ import torch
 from conftest import alone_and_batched, forced_and_stepwise, tiny_model
 from test_engine import count_ffn_rows, token_ids
 
-from lmeval_ffnskip.harness.calibrate import similarities
+from lmeval_ffnskip.instruments.calibrate import similarities
 from lmeval_ffnskip.skip.engine import attach
 from lmeval_ffnskip.skip.rules.spread import groups, position_hash
 from lmeval_ffnskip.skip.settings import SkipPolicy

@@ -13,10 +13,11 @@ import torch
 from conftest import DATA_DIR, refused_in_one_line, tiny_model
 
 from lmeval_ffnskip.cli import main
-from lmeval_ffnskip.harness import checkpoints
-from lmeval_ffnskip.instruments import sweep
-from lmeval_ffnskip.instruments.sweep import SHIPPED, SweepConfig, cells, instruments, model_slug
+from lmeval_ffnskip.inputs import checkpoints
 from lmeval_ffnskip.skip import provenance
+from lmeval_ffnskip.sweep import run as sweep
+from lmeval_ffnskip.sweep.config import INSTRUMENTS, SHIPPED, SweepConfig, cells
+from lmeval_ffnskip.sweep.resume import model_slug
 
 
 def test_config_cells_and_errors(tmp_path):
@@ -97,7 +98,7 @@ metric_list:
 def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_path, capsys):
     """Every task and every cell's model_args are checked before the first cell runs (exit 2,
     one line naming the key and the valid choices); include_path adds the user's own YAMLs."""
-    from lmeval_ffnskip.instruments.sweep import validate
+    from lmeval_ffnskip.sweep.config import validate
 
     folder = tmp_path / "my_tasks"
     folder.mkdir()
@@ -116,7 +117,7 @@ def test_a_bad_config_fails_before_any_cell_and_a_users_task_folder_sweeps(tmp_p
     manager = cfg.task_manager()
     bad = {
         "tasks: 'freebaseq' is not a task lm-eval knows; did you mean freebaseqa": {"tasks": ["freebaseq"]},
-        "cell dense: unknown model_args warmpu; valid: ": {
+        "cell dense: unknown model_args for --model ffnskip: warmpu. Valid: method": {
             "methods": ["static"],
             "model_args": {"warmpu": 3},
         },
@@ -254,7 +255,7 @@ def test_every_instrument_of_a_sweep_loads_its_model_on_the_sweeps_device(tmp_pa
 
     monkeypatch.setattr(checkpoints, "load", load)
     cfg = SweepConfig(tasks=["freebaseqa"], device="cuda:3")
-    for name in instruments():
+    for name in INSTRUMENTS:
         with pytest.raises(_Loaded):
             sweep._extras(dataclasses.replace(cfg, **{name: {}}), "smollm2-135m", tmp_path, print)
     assert devices == ["cuda:3"] * 4
@@ -264,18 +265,27 @@ def test_every_instrument_of_a_sweep_loads_its_model_on_the_sweeps_device(tmp_pa
 def test_flops_and_fidelity_run_on_the_device_they_are_given(tiny, monkeypatch):
     from lmeval_ffnskip.instruments.fidelity import run_fidelity
     from lmeval_ffnskip.instruments.flops import run_flops
+    from lmeval_ffnskip.instruments.options import FidelityOptions, FlopsOptions
 
     monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
-    flops = run_flops(pretrained=tiny, device="cuda", context=16, targets=[0.25], new_tokens=4)
+    flops = run_flops(FlopsOptions(pretrained=tiny, device="cuda", context=16, targets=(0.25,), new_tokens=4))
     assert flops["device"] == "cuda" and flops["rows"][1]["ffn"] < flops["rows"][0]["ffn"]
     fidelity = run_fidelity(
-        pretrained=tiny, device="cuda", methods=["ffnskip"], targets=[0.25], sequences=2, length=24, warmup=8
+        FidelityOptions(
+            pretrained=tiny,
+            device="cuda",
+            methods=("ffnskip",),
+            targets=(0.25,),
+            sequences=2,
+            length=24,
+            warmup=8,
+        )
     )
     assert fidelity["device"] == "cuda" and fidelity["rows"][0]["top1_agreement"] == 1.0
-    fidelity = run_fidelity(
-        pretrained=tiny, device="cuda", methods=["static"], targets=[0.25], source="continuations",
+    fidelity = run_fidelity(FidelityOptions(
+        pretrained=tiny, device="cuda", methods=("static",), targets=(0.25,), source="continuations",
         sequences=2, length=24, warmup=8,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert fidelity["shape"] == [2, 24]
 
 

@@ -1,2 +1,2 @@
-"""The lm-eval integration: ``--model ffnskip`` (``lm.py``), the embedded checkpoints, and the
-calibration that gives a policy its per-model settings (``profile=``, ``spread``'s levels)."""
+"""The lm-eval face: ``--model ffnskip`` (``lm.py``) and where each row of a batched generation
+ends for its own request (``stops.py``)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -14,15 +16,16 @@ from typing import Any, NoReturn
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from ..inputs.checkpoints import DEFAULT_MODEL, preflight
 from ..skip.adapters import ffn_sites
 from ..skip.decode import CompiledDecoder, check_config, generation_refusal, refusal
 from ..skip.engine import checked_generate, make_engine
+from ..skip.hooks import installed, rows_counted
 from ..skip.layout import LayerLayout
 from ..skip.rules import traits
 from ..skip.settings import SkipPolicy, setting_names, to_bool
-from ..skip.stats import COUNTERS, RowLedger, SkipStats
+from ..skip.stats import COUNTERS, SkipStats
 from ..taskdata.conversation import converse, is_conversation
-from .checkpoints import DEFAULT_MODEL, preflight
 from .stops import kept_lengths
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,19 @@ def valid_args(method: str = "ffnskip") -> set[str]:
     return hf_args() | set(setting_names(method)) | {"profile", "compile"}
 
 
+def policy_of(model_args: Mapping[str, Any]) -> SkipPolicy:
+    """The skip settings among ``--model ffnskip``'s model_args; ValueError naming any model_arg
+    that neither they, ``profile``, ``compile`` nor HFLM take."""
+    method = str(model_args.get("method", "ffnskip"))
+    settings = setting_names(method)
+    if unknown := sorted(set(model_args) - valid_args(method)):
+        raise ValueError(
+            f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
+            f"{', '.join(settings)}, profile, compile, and HFLM's: {', '.join(sorted(hf_args()))}"
+        )
+    return SkipPolicy.from_args({k: v for k, v in model_args.items() if k in settings})
+
+
 class FFNSkipLM(HFLM):
     """HFLM whose decoder skips FFN blocks per token (the rules: ``skip/rule.py``, ``skip/rules/``).
 
@@ -80,18 +96,12 @@ class FFNSkipLM(HFLM):
 
     def __init__(self, pretrained: Any = DEFAULT_MODEL, **kwargs: Any) -> None:
         try:
-            settings = setting_names(str(kwargs.get("method", "ffnskip")))
-            if unknown := sorted(set(kwargs) - valid_args(str(kwargs.get("method", "ffnskip")))):
-                raise ValueError(
-                    f"unknown model_args for --model ffnskip: {', '.join(unknown)}. Valid: "
-                    f"{', '.join(settings)}, profile, and HFLM's: {', '.join(sorted(hf_args()))}"
-                )
+            self.policy = policy_of(kwargs)
             if _cli_uses_cache():
                 raise ValueError(CACHE_REFUSED)
-            given = {k: kwargs.pop(k) for k in settings if k in kwargs}
+            given = {k: kwargs.pop(k) for k in setting_names(self.policy.method) if k in kwargs}
             profile = kwargs.pop("profile", None)
             compiled = _flag("compile", kwargs.pop("compile", False))
-            self.policy = SkipPolicy.from_args(given)
             if compiled and (reason := refusal(self.policy)):
                 raise ValueError(reason)
             device = kwargs.get("device")
@@ -110,11 +120,11 @@ class FFNSkipLM(HFLM):
         if profile is not None and str(profile).lower() != "none":
             self._apply_profile(str(profile), given)
         else:
-            from .calibrate import with_calibration
+            from ..instruments.calibrate import with_calibration
 
             self.policy = with_calibration(self.policy, self.model, self.tokenizer)
+        # attached only inside lm-eval's model calls (``_model_call``, ``_model_generate``)
         self.engine = make_engine(self.model, self.policy)
-        self.engine.install()
         # compile=true: generate_until decodes on the compiled path (skip/decode.py)
         self.decoder = CompiledDecoder(self.model, self.engine) if compiled else None
         self.skip_stats = SkipStats(len(self.engine.sites))  # merged over processes
@@ -138,7 +148,7 @@ class FFNSkipLM(HFLM):
     def _apply_profile(self, profile: str, given: dict[str, Any]) -> None:
         """ffnskip: take threshold, cold layers and k from a calibration profile (``auto``:
         calibrate once for ``target_skip``, cached per model). spread: its per-layer levels."""
-        from .calibrate import PROFILE_KEYS, cached_profile, layer_calibration, read_profile
+        from ..instruments.calibrate import PROFILE_KEYS, cached_profile, layer_calibration, read_profile
 
         method, needs = self.policy.method, self.policy.rule.needs
         if not needs & {"profile", "levels"}:
@@ -165,7 +175,7 @@ class FFNSkipLM(HFLM):
     def _gather_stats(self, kind: str, n_requests: int) -> None:
         """Fold this process's counters into ``skip_stats``, summed over all processes, and
         count the requests each process computed."""
-        local, self.engine.stats = self.engine.stats, SkipStats(self.skip_stats.n_layers)
+        local = self.engine.stats.drain()
         counts = torch.tensor([[n_requests, *_counts(local)]], device=self.device)
         if self.world_size > 1:
             counts = self.all_gather(counts)
@@ -187,23 +197,33 @@ class FFNSkipLM(HFLM):
     def _model_generate(
         self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs: Any
     ) -> torch.Tensor:
-        """HFLM's ``generate`` call, checked against what the engine saw (``checked_generate``)."""
+        """HFLM's ``generate`` call with the engine attached (on the compiled path: the compiled
+        decoder, with patches of its own), checked against what the engine saw (``checked_generate``)."""
         mask = kwargs.get("attention_mask")
-        run = partial(super()._model_generate, context, max_length, stop, **kwargs)
-        if self.decoder is not None:
-            run = partial(self._compiled_generate, context, mask, max_length, stop, kwargs)
+        prompt_mask = torch.ones_like(context) if mask is None else mask
         engine = self.engine
-        if context.shape[0] == 1:  # generation ends where the row's request does
-            return checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
-        engine.ledger = RowLedger(len(engine.sites))
-        try:
-            out = checked_generate(self.model, torch.ones_like(context) if mask is None else mask, run)
-            eos = self.model.generation_config.eos_token_id
-            kept = kept_lengths(out[:, context.shape[1] :], stop, self.tokenizer, eos)
-            engine.stats.take_back(engine.ledger.discarded(kept))
-        finally:
-            engine.ledger = None
+        if self.decoder is None:
+            run = partial(super()._model_generate, context, max_length, stop, **kwargs)
+            attached = installed(engine)
+        else:
+            run = partial(self._compiled_generate, context, mask, max_length, stop, kwargs)
+            attached = contextlib.nullcontext()
+        with attached:
+            if context.shape[0] == 1:  # generation ends where the row's request does
+                return checked_generate(engine, prompt_mask, run)
+            with rows_counted(engine) as ledger:
+                out = checked_generate(engine, prompt_mask, run)
+                eos = self.model.generation_config.eos_token_id
+                kept = kept_lengths(out[:, context.shape[1] :], stop, self.tokenizer, eos)
+                engine.stats.take_back(ledger.discarded(kept))
         return out
+
+    def _model_call(
+        self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """HFLM's forward call (loglikelihood requests) with the engine attached."""
+        with installed(self.engine):
+            return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
 
     def _compiled_generate(
         self, context: torch.Tensor, mask: torch.Tensor | None, max_length: int, stop: list[str], kwargs: dict
@@ -294,7 +314,7 @@ def _fits(policy: SkipPolicy, compiled: bool, profile: object, config: Any) -> N
     if compiled:
         check_config(config)
     if profile is not None and str(profile).lower() not in ("auto", "none"):
-        from .calibrate import read_profile
+        from ..instruments.calibrate import read_profile
 
         read_profile(Path(str(profile)), config.num_hidden_layers)
 

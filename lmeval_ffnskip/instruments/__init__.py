@@ -1,2 +1,3 @@
-"""Instruments: teacher-forced fidelity, FLOPs per token, decode speed (also at shipped model
-shapes with random weights) and sweeps that run them all into one results directory."""
+"""Instruments, each one measurement of a model: calibration (the similarity curve and a profile
+for a target ratio; also what ``profile=`` and ``spread``'s levels read), teacher-forced fidelity,
+FLOPs per token, and decode speed (also at shipped model shapes with random weights)."""

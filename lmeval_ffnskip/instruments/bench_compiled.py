@@ -12,16 +12,12 @@ timed per step by a streamer (the compiled forward leaves no room for hooks)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from ..skip.decode import CompiledDecoder, refusal
-from ..skip.engine import SkipEngine, make_engine, spanning
-from ..skip.stats import SkipStats
-from ..skip.steps import StepCounter
+from ..skip.engine import make_engine, spanning
 from .timing import Counts, StepMarks, intervals, mark
 
 
@@ -41,26 +37,20 @@ def compiled_runs(
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
     engines = {c.name: make_engine(model, spanning(c.policy, new_tokens)) for c in configs}
     decoders = {name: CompiledDecoder(model, engine) for name, engine in engines.items()}
-    for name, decoder in decoders.items():
-        with _installed(engines[name]):
-            decoder.generate(ids, mask, new_tokens, min_new_tokens=new_tokens, eos_token_id=_eos(model))
+    for decoder in decoders.values():
+        decoder.generate(ids, mask, new_tokens, min_new_tokens=new_tokens, eos_token_id=_eos(model))
     for _ in range(reps):
         for name, decoder in decoders.items():
-            engine = engines[name]
-            engine.stats, engine.steps = (
-                SkipStats(engine.layout.n_layers),
-                StepCounter(engine.policy.skip_prompt),
-            )
+            engines[name].reset()  # the counters of this run alone
             marks: list[object] = []
-            with _installed(engine):
-                decoder.generate(
-                    ids,
-                    mask,
-                    new_tokens,
-                    min_new_tokens=new_tokens,
-                    eos_token_id=_eos(model),
-                    clock=lambda marks=marks: marks.append(mark(cuda)),
-                )
+            decoder.generate(
+                ids,
+                mask,
+                new_tokens,
+                min_new_tokens=new_tokens,
+                eos_token_id=_eos(model),
+                clock=lambda marks=marks: marks.append(mark(cuda)),
+            )
             runs[name].append(intervals(marks, cuda))
     counts = {name: Counts.of(engine, new_tokens) for name, engine in engines.items()}
     extras = {name: {"compile_s": d.compile_s, "compiled_steps": d.summary()} for name, d in decoders.items()}
@@ -101,16 +91,6 @@ def hf_static_runs(
             model.generate(**kwargs, streamer=marks)
             runs.append(marks.intervals())
     return runs, compile_s
-
-
-@contextmanager
-def _installed(engine: SkipEngine) -> Iterator[None]:
-    """``engine``'s hooks on the model for the block (the decoder swaps them for its own)."""
-    engine.install()
-    try:
-        yield
-    finally:
-        engine.remove()
 
 
 def _eos(model: nn.Module) -> int | list[int] | None:

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..harness.options import Methods, Number, check_all
 from ..skip.engine import attach, generate_fixed
 from ..skip.naming import DENSE, config_name
 from ..skip.settings import SkipPolicy
-
-SOURCES = ("wikitext", "continuations")
+from .options import FidelityOptions
 
 
 @dataclass(frozen=True)
@@ -91,80 +88,39 @@ def wikitext_sequences(tokenizer: object, count: int, length: int) -> torch.Tens
     return torch.tensor(rows)
 
 
-# what ``run_fidelity`` accepts of its numbers and names (checked before the model loads)
-OPTIONS = {
-    "methods": Methods(empty=True),
-    "targets": Number(float, 0, 1, many=True),
-    "threshold": Number(float, -1),
-    "cold_start": Number(int, 0, optional=True),
-    "cold_end": Number(int, 0, optional=True),
-    "sequences": Number(int, 1),
-    "length": Number(int, 2),
-    "warmup": Number(int, 0),
-}
-
-
-def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
-    """ValueError in one line for the first of ``run_fidelity``'s arguments ``values`` out of
-    range (``spell``: how its user names an option); ``length`` and ``warmup`` together."""
-    check_all(OPTIONS, values, spell)
-    source, length, warmup = (values.get(k) for k in ("source", "length", "warmup"))
-    if source is not None and source not in SOURCES:
-        raise ValueError(f"{spell('source')}={source!r} is unknown; use {' or '.join(SOURCES)}")
-    if length is not None and warmup is not None and length <= warmup + 1:
-        raise ValueError(
-            f"{spell('length')}={length} is out of range: it must exceed {spell('warmup')} + 1 = "
-            f"{warmup + 1} (the positions after the warm-up are scored)"
-        )
-    if source == "continuations" and warmup == 0:
-        raise ValueError(f"{spell('warmup')}=0 is out of range: continuations need a prompt, warmup >= 1")
-
-
-def run_fidelity(
-    pretrained: str = "smollm2-135m",
-    device: str = "cpu",
-    methods: Sequence[str] = ("ffnskip", "static", "random"),
-    targets: Sequence[float] = (0.1, 0.25, 0.4),
-    threshold: float = 0.9,
-    cold_start: int | None = None,
-    cold_end: int | None = None,
-    source: str = "wikitext",
-    sequences: int = 8,
-    length: int = 256,
-    warmup: int = 32,
-) -> dict[str, Any]:
+def run_fidelity(options: FidelityOptions) -> dict[str, Any]:
     """``ffnskip fidelity``: teacher-forced top-1 agreement with dense and perplexity of every
     method x target over WikiText-2 text or the dense model's own continuations (``source``),
-    with the model on ``device``."""
-    check_options(locals())  # the arguments, before anything loads
-    from ..harness.calibrate import with_calibration
-    from ..harness.checkpoints import load
+    with the model on the options' device."""
+    options.check()  # before anything loads
+    from ..inputs.checkpoints import load
     from ..skip.engine import make_engine
     from ..skip.provenance import versions
+    from .calibrate import with_calibration
 
-    model, tokenizer = load(pretrained, device)
-    if source == "wikitext":
-        ids = wikitext_sequences(tokenizer, sequences, length).to(model.device)
+    model, tokenizer = load(options.pretrained, options.device)
+    if options.source == "wikitext":
+        ids = wikitext_sequences(tokenizer, options.sequences, options.length).to(model.device)
     else:
-        prompts = wikitext_sequences(tokenizer, sequences, warmup).to(model.device)
-        ids = continuations(model, prompts, length - warmup)
-    common = {"threshold": threshold, "cold_start": cold_start, "cold_end": cold_end}
+        prompts = wikitext_sequences(tokenizer, options.sequences, options.warmup).to(model.device)
+        ids = continuations(model, prompts, options.length - options.warmup)
+    common = {"threshold": options.threshold, "cold_start": options.cold_start, "cold_end": options.cold_end}
     policies = {
         config_name(m, float(t)): with_calibration(
             SkipPolicy(method=m, target_skip=float(t), **common), model, tokenizer
         )
-        for m in methods
-        for t in targets
+        for m in options.methods
+        for t in options.targets
     }
     for policy in policies.values():
         make_engine(model, policy)  # a bad combination fails here, not mid-run
-    rows = measure(model, ids, policies, warmup)
+    rows = measure(model, ids, policies, options.warmup)
     return {
-        "model": pretrained,
-        "device": device,
-        "source": source,
+        "model": options.pretrained,
+        "device": options.device,
+        "source": options.source,
         "shape": list(ids.shape),
-        "warmup": warmup,
+        "warmup": options.warmup,
         "versions": versions(),
         "rows": [dataclasses.asdict(r) for r in rows],
     }

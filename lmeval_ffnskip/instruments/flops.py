@@ -11,7 +11,6 @@ check of ``ffnskip`` is two d-long dot products per checked layer, also uncounte
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,13 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from transformers import DynamicCache
 
-from ..harness.options import Methods, Number, check_all
 from ..skip.adapters import ffn_sites
 from ..skip.engine import generation_stats
 from ..skip.hf_compat import cache_keyword
 from ..skip.naming import DENSE, config_name
 from ..skip.rules import known_traits, rule_class
 from ..skip.settings import SkipPolicy
+from .options import FlopsOptions
 
 # config fields that give a mixture of experts' expert count
 EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
@@ -162,67 +161,43 @@ def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
     return frequency, bool(rule["skips_layers"])
 
 
-# what ``run_flops`` accepts of its numbers and names (checked before the model loads)
-OPTIONS = {
-    "context": Number(int, 2),
-    "targets": Number(float, 0, 1, many=True),
-    "methods": Methods(empty=True),
-    "threshold": Number(float, -1),
-    "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to skip in
-}
-
-
-def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
-    """ValueError in one line for the first of ``run_flops``'s arguments ``values`` out of range
-    (``spell``: how its user names an option)."""
-    check_all(OPTIONS, values, spell)
-
-
-def run_flops(
-    pretrained: str = "smollm2-135m",
-    device: str = "cpu",
-    context: int = 512,
-    targets: Sequence[float] = (0.25, 0.5),
-    methods: Sequence[str] = ("ffnskip",),
-    threshold: float = 0.9,
-    new_tokens: int = 64,
-    results: Sequence[str | Path] = (),
-) -> dict[str, Any]:
+def run_flops(options: FlopsOptions) -> dict[str, Any]:
     """``ffnskip flops``: one decoding step's FLOPs split by part, dense and for the skip pattern of
-    each method x target (a greedy generation on ``device``) and of each lm-eval ``results`` file."""
-    check_options(locals())  # the arguments, before anything loads
+    each method x target (a greedy generation on the options' device) and of each lm-eval
+    ``results`` file."""
+    options.check()  # before anything loads
     import json
 
-    from ..harness.calibrate import with_calibration
-    from ..harness.checkpoints import load
+    from ..inputs.checkpoints import load
     from ..skip.provenance import versions
     from .bench import prompt_batch
+    from .calibrate import with_calibration
 
     patterns: dict[str, tuple[list[float], bool]] = {}
-    for source in map(Path, results):
+    for source in map(Path, options.results):
         try:
             patterns[source.name] = results_frequency(json.loads(source.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: {err}") from err
-    model, tokenizer = load(pretrained, device)
-    dense = decode_flops(model, context)
+    model, tokenizer = load(options.pretrained, options.device)
+    dense = decode_flops(model, options.context)
     batch = prompt_batch(tokenizer, 1, model.device)
-    for method in methods:
-        for target in map(float, targets):
-            policy = SkipPolicy(method=method, target_skip=target, threshold=threshold, warmup=0)
+    for method in options.methods:
+        for target in map(float, options.targets):
+            policy = SkipPolicy(method=method, target_skip=target, threshold=options.threshold, warmup=0)
             policy = with_calibration(policy, model, tokenizer)
-            frequency = skip_frequency(model, batch, policy, new_tokens)
+            frequency = skip_frequency(model, batch, policy, options.new_tokens)
             patterns[config_name(method, target)] = (frequency, rule_class(method).skips_layers)
     rows = [{"config": DENSE, "skip": 0.0, **dense.as_dict()}] + [
         {"config": name, "skip": sum(f) / len(f), **dense.skipping(f, whole).as_dict()}
         for name, (f, whole) in patterns.items()
     ]
     return {
-        "model": pretrained,
-        "device": device,
-        "context": context,
+        "model": options.pretrained,
+        "device": options.device,
+        "context": options.context,
         "convention": CONVENTION,
-        "analytic_dense_total": analytic_decode_flops(model.config, context),
+        "analytic_dense_total": analytic_decode_flops(model.config, options.context),
         "versions": versions(),
         "rows": rows,
     }

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..skip.naming import DENSE, config_name
 from ..skip.rules import known_traits
-from ..taskdata.data import read_jsonl
+from ..taskdata.jsonfiles import read_jsonl
 
 # metrics reported on their own scale (prefixes); every other metric is a 0-1 share
 RAW_METRICS = (

@@ -38,6 +38,7 @@ from .compiled import BlockPatches, StepContext, op_refusal
 from .compiling import CompiledStep
 from .engine import SkipEngine
 from .hf_compat import PassTokens, cache_keyword
+from .hooks import attached_engine
 from .rows import SettledPass
 from .rule import FFNRule
 from .settings import SkipPolicy
@@ -192,12 +193,15 @@ class CompiledDecoder:
 
     @contextmanager
     def _installed(self) -> Iterator[None]:
-        self.engine.remove()
-        try:
-            with self.patches.installed():
-                yield
-        finally:
-            self.engine.install()
+        """The step's block patches on the model for the block; the engine's own hooks must be off
+        (it counts through ``record_pass`` here, not through its hooks)."""
+        if attached_engine(self.model) is not None:
+            raise RuntimeError(
+                "the compiled path decodes with its own patches, and this model has a skip engine "
+                "attached: make the engine with make_engine, not attach"
+            )
+        with self.patches.installed():
+            yield
 
     def _cache(self, batch: int, length: int) -> StaticCache:
         """A static cache of ``batch`` rows and ``length`` positions, reset (one kept per batch size)."""

@@ -31,7 +31,7 @@ from torch import nn
 
 from .adapters import FFNSite, ffn_sites
 from .hf_compat import IncompatibleTransformers, PassTokens
-from .hooks import Engine, Patches, attached_engine, unchanged
+from .hooks import Engine, Patches, attached_engine, installed, unchanged
 from .layerskip import LayerSkipEngine
 from .rows import PassSkips
 from .rule import FFNRule
@@ -84,6 +84,11 @@ class SkipEngine:
     def remove(self) -> None:
         """Undo ``install``."""
         self._patches.remove()
+
+    def reset(self) -> None:
+        """Fresh counters and warm-up counting, as a new engine has."""
+        self.stats = SkipStats(len(self.sites))
+        self.steps = StepCounter(self.policy.skip_prompt)
 
     # -- per forward pass -------------------------------------------------------------
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -252,13 +257,12 @@ def _cosine(gram: list[list[float]]) -> float:
 
 
 def checked_generate(
-    model: nn.Module, prompt_mask: torch.Tensor, run: Callable[[], torch.Tensor]
+    engine: Engine | None, prompt_mask: torch.Tensor, run: Callable[[], torch.Tensor]
 ) -> torch.Tensor:
-    """``run()`` a ``generate`` call over prompts with padding mask ``prompt_mask``; when a skip
-    engine is attached, check that it saw the generation as the caller made it: one prefill of
-    each row's real prompt, then one decoding pass per further token. Anything else means this
-    transformers release passes the KV cache in a way the engine did not read."""
-    engine = attached_engine(model)
+    """``run()`` a ``generate`` call over prompts with padding mask ``prompt_mask``, and check
+    that ``engine`` (None: nothing to check) saw the generation as the caller made it: one
+    prefill of each row's real prompt, then one decoding pass per further token. Anything else
+    means this transformers release passes the KV cache in a way the engine did not read."""
     if engine is None:
         return run()
     before = engine.steps.decoding_passes
@@ -292,7 +296,7 @@ def generate_fixed(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens:
     mask = batch.get("attention_mask")
     with torch.no_grad():
         return checked_generate(
-            model,
+            attached_engine(model),
             torch.ones_like(ids) if mask is None else mask,
             partial(
                 model.generate, **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
@@ -325,9 +329,5 @@ def make_engine(model: nn.Module, policy: SkipPolicy, record: bool = False) -> E
 @contextmanager
 def attach(model: nn.Module, policy: SkipPolicy, record: bool = False) -> Iterator[Engine]:
     """Skip FFNs (or layers) in ``model`` inside the block; yields the engine (``.stats``, ``.history``)."""
-    engine = make_engine(model, policy, record=record)
-    engine.install()
-    try:
+    with installed(make_engine(model, policy, record=record)) as engine:
         yield engine
-    finally:
-        engine.remove()

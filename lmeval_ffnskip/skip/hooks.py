@@ -3,17 +3,20 @@ model, undone together."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import nn
 
+from .stats import RowLedger
+
 if TYPE_CHECKING:
     from .adapters import FFNSite
     from .layout import LayerLayout
     from .settings import SkipPolicy
-    from .stats import RowLedger, SkipStats
+    from .stats import SkipStats
     from .steps import StepCounter
 
 _OWNER = "_ffnskip_engine"  # the attribute that marks a decoder stack's attached engine
@@ -36,6 +39,27 @@ class Engine(Protocol):
 
     def remove(self) -> None:
         """Undo ``install``."""
+
+
+@contextmanager
+def installed(engine: Engine) -> Iterator[Engine]:
+    """``engine``'s hooks on its model for the block, and off after it, whatever happens."""
+    engine.install()
+    try:
+        yield engine
+    finally:
+        engine.remove()
+
+
+@contextmanager
+def rows_counted(engine: Engine) -> Iterator[RowLedger]:
+    """Per-row counts of the block's passes beside ``engine``'s totals, so that a batched
+    generation can take back the steps a row made after its request ended."""
+    engine.ledger = RowLedger(len(engine.sites))
+    try:
+        yield engine.ledger
+    finally:
+        engine.ledger = None
 
 
 def attached_engine(model: nn.Module) -> Engine | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 # the scalar counters, in the order processes exchange them
@@ -47,6 +48,16 @@ class SkipStats:
     def __post_init__(self) -> None:
         if not self.layer_skipped:
             self.layer_skipped = [0] * self.n_layers
+
+    def drain(self) -> SkipStats:
+        """What these counters hold, and start them again from zero."""
+        fresh, taken = (
+            SkipStats(self.n_layers),
+            dataclasses.replace(self, layer_skipped=list(self.layer_skipped)),
+        )
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(fresh, f.name))
+        return taken
 
     def merge(self, other: SkipStats) -> None:
         """Add another run's counters (e.g. from another process)."""

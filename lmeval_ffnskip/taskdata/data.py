@@ -223,26 +223,6 @@ def _download(src: Source, target: Path) -> None:
             work.unlink(missing_ok=True)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file (blank lines skipped); a corrupt line names its place."""
-    records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from err
-    return records
-
-
-def write_json(path: Path, payload: object, default: Callable[[object], object] | None = None) -> None:
-    """``payload`` as ``path``, written whole or not at all (a reader never sees half a file;
-    the temporary name is per process); ``default`` as ``json.dumps`` takes it."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2, default=default))
-    os.replace(tmp, path)
-
-
 def tasks_dir() -> Path:
     """The shipped lm-eval task YAMLs (inside the wheel, or ``tasks/`` of a source checkout)."""
     package = Path(__file__).resolve().parent.parent

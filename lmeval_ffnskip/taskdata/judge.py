@@ -294,7 +294,8 @@ def vicuna_queries(samples: list[dict], prompts: dict[int, dict]) -> list[Query]
 
 def queries(task: str, samples: list[dict]) -> list[Query]:
     """The judgments a samples file of ``task`` needs, with the shipped judge prompts."""
-    from .data import locate, read_jsonl
+    from .data import locate
+    from .jsonfiles import read_jsonl
 
     if task == "mt_bench":
         return mt_bench_queries(samples, {p["name"]: p for p in read_jsonl(locate("mt_bench_judge_prompts"))})

@@ -6,7 +6,8 @@ from typing import Any
 
 import datasets
 
-from lmeval_ffnskip.taskdata.data import locate, read_jsonl
+from lmeval_ffnskip.taskdata.data import locate
+from lmeval_ffnskip.taskdata.jsonfiles import read_jsonl
 from lmeval_ffnskip.taskdata.metrics import repeated_ngram_rate, rouge
 
 # article length in words: small <= 470 < medium < 790 <= large (the paper's buckets)

@@ -7,7 +7,8 @@ from typing import Any
 import datasets
 
 from lmeval_ffnskip.taskdata.conversation import decode_answers, encode_turns
-from lmeval_ffnskip.taskdata.data import locate, read_jsonl
+from lmeval_ffnskip.taskdata.data import locate
+from lmeval_ffnskip.taskdata.jsonfiles import read_jsonl
 from lmeval_ffnskip.taskdata.metrics import repeated_ngram_rate, rouge
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +29,18 @@ from ..skip.adapters import ffn_sites
 from ..skip.engine import generate_fixed, generation_stats
 from ..skip.provenance import versions
 from ..skip.settings import SkipPolicy
-from ..taskdata.data import wikitext_articles, write_json
-from .options import Number, check_all
+from ..taskdata.data import wikitext_articles
+from ..taskdata.jsonfiles import write_json
+from .options import CalibrateOptions, CalibrationText
 
 PROFILE_FORMAT = "lmeval-ffnskip-profile/1"
 THRESHOLDS = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))  # 0.5 .. 0.995
 MAX_TRIES = 10  # real decoding runs per calibration
+TEXT = CalibrationText()  # what calibration measures on by default
+INFLUENCE_TEXT = CalibrationText(prompt_tokens=128)  # what ShortGPT's Block Influence is measured on
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What is calibrated on: prompts (WikiText-2 articles, alternate ones held out) and decoding."""
-
-    prompts: int = 8
-    prompt_tokens: int = 48
-    new_tokens: int = 48
-    tolerance: float = 0.01  # predicted ratio within this of the target on calibration prompts
-
-
-def wikitext_prompts(tokenizer: Any, settings: Settings) -> tuple[list[list[int]], list[list[int]]]:
+def wikitext_prompts(tokenizer: Any, settings: CalibrationText) -> tuple[list[list[int]], list[list[int]]]:
     """Calibration and held-out prompts: the first ``prompt_tokens`` of alternate articles."""
     pages = wikitext_articles()[: 2 * settings.prompts]
     ids = [tokenizer.encode(page)[: settings.prompt_tokens] for page in pages]
@@ -169,7 +162,7 @@ def calibrate(
     model: nn.Module,
     tokenizer: Any,
     target: float,
-    settings: Settings = Settings(),
+    settings: CalibrationText = TEXT,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """The profile: per-layer curve, cold regions, threshold and k for ``target``, held-out check.
@@ -290,7 +283,7 @@ def _cached(path: Path, compute: Callable[[], Any]) -> Any:
     return json.loads(path.read_text())
 
 
-def cached_profile(model: nn.Module, tokenizer: Any, target: float, settings: Settings = Settings()) -> Path:
+def cached_profile(model: nn.Module, tokenizer: Any, target: float, settings: CalibrationText = TEXT) -> Path:
     """The profile of ``model`` for ``target``, calibrated on first use and cached per model."""
     path = _cache_path(model, f"{target:g}", [target, asdict(settings)])
     _cached(path, lambda: calibrate(model, tokenizer, target, settings))
@@ -303,7 +296,7 @@ def layer_calibration(profile: dict[str, Any]) -> tuple[tuple[float, float], ...
 
 
 def cached_layer_calibration(
-    model: nn.Module, tokenizer: Any, settings: Settings = Settings()
+    model: nn.Module, tokenizer: Any, settings: CalibrationText = TEXT
 ) -> tuple[tuple[float, float], ...]:
     """Per-layer (mean, std) of the dense similarity on the calibration prompts, cached per model
     (the curve alone: no threshold search)."""
@@ -318,7 +311,7 @@ def cached_layer_calibration(
 
 
 def cached_block_influence(
-    model: nn.Module, tokenizer: Any, settings: Settings = Settings(prompt_tokens=128)
+    model: nn.Module, tokenizer: Any, settings: CalibrationText = INFLUENCE_TEXT
 ) -> tuple[float, ...]:
     """ShortGPT's Block Influence of every layer on the calibration prompts, cached per model."""
     from ..skip.layerskip import block_influence
@@ -340,36 +333,13 @@ def with_calibration(policy: SkipPolicy, model: nn.Module, tokenizer: Any) -> Sk
     return policy
 
 
-# what ``run_calibrate`` accepts of its numbers (checked before the model loads)
-OPTIONS = {
-    "target": Number(float, 0, 1, open=True),
-    "prompts": Number(int, 1),
-    "prompt_tokens": Number(int, 1),
-    "new_tokens": Number(int, 2),  # the prefill, then at least one decoding step to measure
-    "tolerance": Number(float, 0, 1),
-}
-
-
-def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) -> None:
-    """ValueError in one line for the first of ``run_calibrate``'s arguments ``values`` out of
-    range (``spell``: how its user names an option)."""
-    check_all(OPTIONS, values, spell)
-
-
 def run_calibrate(
-    pretrained: str = "smollm2-135m",
-    device: str = "cpu",
-    target: float = 0.25,
-    prompts: int = Settings.prompts,
-    prompt_tokens: int = Settings.prompt_tokens,
-    new_tokens: int = Settings.new_tokens,
-    tolerance: float = Settings.tolerance,
-    log: Callable[[str], None] = lambda line: None,
+    options: CalibrateOptions, log: Callable[[str], None] = lambda line: None
 ) -> dict[str, Any]:
-    """``ffnskip calibrate``: load ``pretrained`` and ``calibrate`` it for ``target`` (``log``
+    """``ffnskip calibrate``: load the model and ``calibrate`` it for the options' target (``log``
     gets a line per decoding run)."""
-    check_options(locals())  # the arguments, before anything loads
-    from .checkpoints import load
+    options.check()  # before anything loads
+    from ..inputs.checkpoints import load
 
-    model, tokenizer = load(pretrained, device)
-    return calibrate(model, tokenizer, target, Settings(prompts, prompt_tokens, new_tokens, tolerance), log)
+    model, tokenizer = load(options.pretrained, options.device)
+    return calibrate(model, tokenizer, options.target, options.text, log)

@@ -1,9 +1,14 @@
-"""Checks of user-given options, run before any weights load: a bad value raises ValueError with
-one line naming the option, the value and what is valid. The instruments, calibration, sweep
-configs and the CLI share them (each instrument declares its ``OPTIONS``)."""
+"""Options and their checks, run before any weights load: a bad value raises ValueError with one
+line naming the option, the value and what is valid.
+
+An instrument's options are one frozen dataclass whose fields are made with ``option``: the
+field's default, its help line and its check are the option's one definition; the CLI's flags
+and help (``cli_options``), a sweep config's checks and the instrument's run function all read
+them from there."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,7 +93,39 @@ class Methods:
                 raise ValueError(f"{name}: {err}") from None
 
 
-Rule = Number | Words | Methods
+@dataclass(frozen=True)
+class Choice:
+    """One of ``choices``."""
+
+    choices: tuple[str, ...]
+
+    def check(self, name: str, value: Any) -> None:
+        if value not in self.choices:
+            raise ValueError(f"{name}={value!r} is unknown; choose one of {', '.join(self.choices)}")
+
+
+Rule = Number | Words | Methods | Choice
+
+
+def option(default: Any, help: str, check: Rule | None = None, **cli: Any) -> Any:
+    """A field of an options dataclass: its default, its help line (for the CLI, where ``cli``
+    holds any argparse settings of its own) and the check its values pass."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check, "cli": cli})
+
+
+def check_options(options: Any, spell: Callable[[str], str] = str) -> None:
+    """Check every field of an options dataclass that has a check; ``spell`` names an option as its
+    user wrote it (``--new-tokens``, ``bench.new_tokens``)."""
+    for f in dataclasses.fields(options):
+        if (rule := f.metadata.get("check")) is not None:
+            rule.check(spell(f.name), getattr(options, f.name))
+
+
+def unknown_options(kind: type, given: Mapping[str, Any], where: str) -> None:
+    """ValueError naming the keys of ``given`` that are not fields of the options ``kind``."""
+    valid = sorted(f.name for f in dataclasses.fields(kind))
+    if unknown := sorted(set(given) - set(valid)):
+        raise ValueError(f"{where}: unknown options {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
 def flag(name: str) -> str:
