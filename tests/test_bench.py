@@ -6,15 +6,11 @@ import pytest
 import torch
 from conftest import refused_in_one_line, tiny_model
 
-from lmeval_ffnskip.instruments.bench import (
-    Config,
-    _lockstep,
-    add_ideal,
-    decode_speed,
-    default_configs,
-    run_bench,
-)
+from lmeval_ffnskip.instruments.bench import decode_speed, run_bench
+from lmeval_ffnskip.instruments.bench_configs import Config, default_configs
+from lmeval_ffnskip.instruments.bench_eager import lockstep
 from lmeval_ffnskip.instruments.calibrate import similarities
+from lmeval_ffnskip.instruments.ideal import add_ideal
 from lmeval_ffnskip.instruments.options import BenchOptions
 from lmeval_ffnskip.instruments.shapes import SHAPES, shape_config, thin
 from lmeval_ffnskip.skip.engine import attach, generate_fixed, generation_stats
@@ -138,7 +134,7 @@ def test_lockstep_decodes_each_config_as_generate_does():
     for config in configs:
         with attach(model, config.policy or SkipPolicy(method="dense")):
             sequences[config.name] = generate_fixed(model, batch, 8)
-    times, engines = _lockstep(model, batch, configs, sequences)
+    times, engines = lockstep(model, batch, configs, sequences)
     assert all(len(t) == 8 and min(t) > 0 for t in times.values())
     assert engines["hf"] is None
     assert not any("forward" in vars(m) for m in model.modules())

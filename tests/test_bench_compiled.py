@@ -8,8 +8,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from lmeval_ffnskip.instruments.bench import Config, add_ideal, decode_speed
+from lmeval_ffnskip.instruments.bench import decode_speed
 from lmeval_ffnskip.instruments.bench_compiled import compiles
+from lmeval_ffnskip.instruments.bench_configs import Config
+from lmeval_ffnskip.instruments.ideal import add_ideal
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
 CONFIGS = [

@@ -38,7 +38,7 @@ def _timed_generate(model: nn.Module, batch: dict, new_tokens: int) -> list[floa
 
 
 @torch.no_grad()
-def _lockstep(
+def lockstep(
     model: nn.Module, batch: dict, configs: list[Config], sequences: dict[str, torch.Tensor]
 ) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Replay each configuration's own greedy continuation (``sequences``, from ``generate``)
@@ -104,7 +104,7 @@ def generate_runs(model: nn.Module, batch: dict, configs: list[Config], new_toke
 
 
 def lockstep_runs(model: nn.Module, batch: dict, configs: list[Config], new_tokens: int, reps: int) -> Runs:
-    """As ``generate_runs``, every repetition one ``_lockstep`` replay of the continuations that
+    """As ``generate_runs``, every repetition one ``lockstep`` replay of the continuations that
     a first, untimed ``generate`` per configuration made (no peak memory: the configurations'
     KV caches are all held at once)."""
     sequences = {}
@@ -114,7 +114,7 @@ def lockstep_runs(model: nn.Module, batch: dict, configs: list[Config], new_toke
     runs: dict[str, list[list[float]]] = {c.name: [] for c in configs}
     counts: dict[str, Counts] = {}
     for _ in range(reps):
-        times, engines = _lockstep(model, batch, configs, sequences)
+        times, engines = lockstep(model, batch, configs, sequences)
         for config in configs:
             runs[config.name].append(times[config.name])
             counts[config.name] = Counts.of(engines[config.name], new_tokens)
