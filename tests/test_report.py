@@ -394,7 +394,8 @@ def test_axes_cover_the_data_and_methods_keep_their_colour():
 
 
 def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
-    from lmeval_ffnskip.reporting.report import build, constant_zero
+    from lmeval_ffnskip.reporting.leaderboard import constant_zero
+    from lmeval_ffnskip.reporting.report import build
     from lmeval_ffnskip.reporting.results import load_runs
 
     runs = load_runs(sweep_dir)

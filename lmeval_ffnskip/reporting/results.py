@@ -230,6 +230,19 @@ def load_runs(root: Path) -> list[Run]:
     return sorted(runs.values(), key=lambda r: (r.model, not r.is_reference, r.method, r.target or 0, r.cell))
 
 
+def by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by model, in the order given."""
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.model, []).append(run)
+    return out
+
+
+def dense_run(runs: list[Run]) -> Run | None:
+    """The run the others of ``runs`` (one model's) are compared with, if there is one."""
+    return next((r for r in runs if r.is_reference), None)
+
+
 def read_bench(path: Path) -> dict[str, Any]:
     """An ``ffnskip bench --json`` file (ResultsError names the file and what is wrong)."""
     doc = _read_json(path)
