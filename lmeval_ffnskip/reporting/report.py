@@ -79,9 +79,7 @@ def pareto(runs: list[Run]) -> list[dict[str, str]]:
             title = f"{model}: {task} vs decode speed"
             metric = next(r.scores[task].metric for r, _ in measured if task in r.scores)
             methods = [label for label, _ in series]
-            chart = svg.line_chart(
-                title, [*series, ("Pareto front", front)], "decode tokens/s", metric, scatter=methods
-            )
+            chart = svg.line_chart(title, series, "decode tokens/s", metric, scatter=methods, front=front)
             charts.append({"title": title, "svg": chart})
     return charts
 
