@@ -191,3 +191,78 @@ def test_the_tables_show_the_figures_of_the_files(results):
         "0:static-0.1": ["11.0%", "0.850", "2.40", "10.6", "1.06"],
         "0:skipdecode-0.1": ["5.0%", "0.600", "4.00", "10.4", "1.04"],
     }
+
+
+def _tables(html: str, cls: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(html)
+    return [rows for classes, rows in parser.tables if cls in classes.split()]
+
+
+def test_a_leaderboard_draws_no_empty_column_and_says_why_a_cell_is_blank(results):
+    m1, m2 = _tables(render(build(load_runs(results), "results")), "leaderboard")
+    heads = {i: [h.replace("\u2011", "-") for h in t[0]] for i, t in enumerate((m1, m2))}
+    assert sum("vicuna80" in h for h in heads[0]) == 2 and not any("vicuna80" in h for h in heads[1])
+    assert any(h.startswith("top-1") for h in heads[0]) and not any(h.startswith("top-1") for h in heads[1])
+    assert not any(h.startswith(("speedup", "ideal", "MFLOPs")) for h in heads[1])
+    cells = {row[0]: dict(zip(heads[0], row, strict=True)) for row in m1[1:]}
+    top1 = next(h for h in heads[0] if h.startswith("top-1"))
+    ideal = next(h for h in heads[0] if h.startswith("ideal"))
+    assert cells["ffnskip-0.5"][top1] == "not measured" and cells["ffnskip-0.1"][top1] == "0.800"
+    assert cells["skipdecode-0.1"][ideal] == "n/a" and cells["static-0.1"][ideal] == "1.065"
+    assert cells["dense"]["target"] == "\u2014"
+
+
+HEADER_WORDS = """() => [...document.querySelectorAll('th')].flatMap(th => {
+    const box = th.getBoundingClientRect(), split = [];
+    const walk = document.createTreeWalker(th, NodeFilter.SHOW_TEXT);
+    for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+        for (const word of node.data.matchAll(/\\S+/g)) {
+            const range = document.createRange();
+            range.setStart(node, word.index);
+            range.setEnd(node, word.index + word[0].length);
+            const lines = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+            const at = range.getBoundingClientRect();
+            if (lines.size > 1 || at.left < box.left - 0.5 || at.right > box.right + 0.5) split.push(word[0]);
+        }
+    }
+    return split;
+})"""
+# per score-versus-speed chart: whether the front is drawn before (beneath) every point, and each
+# point's label and fill beside the legend's colour for that label
+PARETO = """() => [...document.querySelectorAll('svg.chart')].filter(s => s.querySelector('polyline.front'))
+    .map(s => ({
+        beneath: s.querySelector('polyline.front, circle.point').matches('polyline.front'),
+        legend: Object.fromEntries([...s.querySelectorAll('rect.swatch')]
+            .map(r => [r.dataset.label, r.getAttribute('fill')])),
+        points: [...s.querySelectorAll('circle.point')]
+            .map(c => [c.querySelector('title').textContent.split(':')[0], c.getAttribute('fill')]),
+    }))"""
+# the first leaderboard's box scrolled to its right end: whether it scrolls, and where its method
+# cells are
+STICKY = """() => {
+    const box = document.querySelector('table.leaderboard').parentElement;
+    const scrolls = box.scrollWidth > box.clientWidth;
+    box.scrollLeft = box.scrollWidth;
+    const left = box.getBoundingClientRect().left;
+    return [scrolls, [...box.querySelectorAll('tbody td:first-child')]
+        .map(td => td.getBoundingClientRect().left - left)];
+}"""
+
+
+def test_the_page_reads_at_1280_px(results, tmp_path, browser_tab):
+    page = tmp_path / "report.html"
+    page.write_text(render(build(load_runs(results), "results")))
+    browser_tab.goto(page.as_uri())
+    assert browser_tab.evaluate("document.documentElement.scrollWidth") <= 1280
+    assert browser_tab.evaluate(HEADER_WORDS) == []
+    charts = browser_tab.evaluate(PARETO)
+    assert len(charts) == 6  # m1's three tasks and their agreement (m2 has no bench)
+    for chart in charts:
+        assert chart["beneath"]
+        labels = {label for label, _ in chart["points"]}  # dense too, where it has the score
+        assert {"ffnskip", "static", "skipdecode"} <= labels <= {"dense", "ffnskip", "static", "skipdecode"}
+        assert all(fill == chart["legend"][label] for label, fill in chart["points"])
+    # m1's leaderboard is wider than the window: it scrolls in its own box, its method column in view
+    scrolls, method_cells = browser_tab.evaluate(STICKY)
+    assert scrolls and all(abs(x) < 1 for x in method_cells)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .results import Run, bench_row, by_model, dense_run, fidelity_row, flops_per_token
+from .grid import DOWN, UP, Column, Row, grid
+from .results import AGREEMENT, Run, Score, bench_row, by_model, dense_run, fidelity_row, flops_per_token
 
 
 def constant_zero(runs: list[Run]) -> list[str]:
@@ -15,20 +16,22 @@ def constant_zero(runs: list[Run]) -> list[str]:
     return sorted(t for t in tasks if all(r.scores[t].value == 0 for r in runs if t in r.scores))
 
 
-def columns(runs: list[Run]) -> dict[str, str]:
-    """Leaderboard task columns, agreement with dense first: task -> "metric, higher/lower is better"."""
+def columns(runs: list[Run]) -> dict[str, Score]:
+    """Leaderboard task columns, agreement with dense first: task -> its headline score's metric
+    and direction (as the first run with the task has it)."""
     dropped = set(constant_zero(runs))
-    found = {t: s for r in runs for t, s in r.scores.items() if t not in dropped}
-    order = sorted(found, key=lambda t: (not t.endswith("/agreement"), t))
-    direction = {t: "higher" if found[t].higher_is_better else "lower" for t in order}
-    return {t: f"{found[t].metric}, {direction[t]} is better" for t in order}
+    found: dict[str, Score] = {}
+    for run in runs:
+        for task, score in run.scores.items():
+            found.setdefault(task, score)
+    order = sorted(set(found) - dropped, key=lambda t: (not t.endswith(AGREEMENT), t))
+    return {t: found[t] for t in order}
 
 
-def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Task columns, and one row per run with scores, deltas vs its model's dense run, teacher-forced
-    fidelity, speed and FLOPs."""
-    tasks = list(columns(runs))
-    rows = []
+def leaderboard(runs: list[Run], tasks: list[str]) -> list[Row]:
+    """One row per run with its scores of ``tasks``, their deltas against its model's dense run,
+    teacher-forced fidelity, speed and FLOPs."""
+    rows: list[Row] = []
     for model, group in by_model(runs).items():
         dense = dense_run(group)
         for run in group:
@@ -47,6 +50,8 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                     "model": model,
                     "cell": run.cell,
                     "method": run.method,
+                    "reference": run.is_reference,
+                    "layers": run.skips_layers,
                     "target": run.target,
                     "skip": run.skip_ratio,
                     "scores": cells,
@@ -61,7 +66,7 @@ def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
                     "dtype": (run.dtype or "").replace("torch.", ""),
                 }
             )
-    return tasks, rows
+    return rows
 
 
 def hardware(run: Run) -> str:
@@ -71,7 +76,127 @@ def hardware(run: Run) -> str:
     return f"{env['device']} ({env['threads']} threads)"
 
 
-def table(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One model's leaderboard; ``has`` says which optional columns any row fills."""
-    has = {k: any(r[k] is not None for r in rows) for k in ("top1", "speedup", "mflops", "peak_mb")}
-    return {"model": model, "rows": rows, "has": has}
+def _tone(row: Row, task: str) -> str:
+    worse = row["scores"][task]["worse"]
+    return "neg" if worse else "pos" if row["scores"][task]["delta"] else ""
+
+
+def _no_bound(row: Row) -> tuple[str, str] | None:
+    return ("n/a", "whole layers skipped: the bound is the FFN blocks' alone") if row["layers"] else None
+
+
+def task_columns(task: str, score: Score) -> list[Column]:
+    """A task's column (agreement with dense: its ROUGE-L), and for a task score its change
+    against the dense run."""
+    arrow, direction = (UP, "higher") if score.higher_is_better else (DOWN, "lower")
+    agreement = task.endswith(AGREEMENT)
+    value = Column(
+        task.removesuffix(AGREEMENT),
+        f"{score.metric}{arrow}",
+        f"{task}: {score.metric}, {direction} is better",
+        lambda r: r["scores"][task]["value"],
+        "{:.2f}",
+        missing="this run has no score for the task",
+        on_reference=agreement,
+    )
+    if agreement:
+        return [value]
+    delta = Column(
+        "\u0394",
+        "vs dense",
+        f"{task}: {score.metric} minus the dense run's (red: worse, green: better)",
+        lambda r: r["scores"][task]["delta"],
+        "{:+.2f}",
+        missing="no score of this run or of the dense run for the task",
+        on_reference=True,
+        tone=lambda r: _tone(r, task),
+    )
+    return [value, delta]
+
+
+METHOD = Column(
+    "method", "", "the configuration: method-target[-setting value...]", lambda r: r["cell"], text=True
+)
+TARGET = Column(
+    "target",
+    "",
+    "target_skip: the share of FFN blocks the rule aims to skip",
+    lambda r: r["target"],
+    "{:.0%}",
+    on_reference=True,
+)
+SKIP = Column(
+    "skipped",
+    "achieved",
+    "achieved share of FFN blocks (layer methods: whole layers) skipped over eligible tokens",
+    lambda r: r["skip"],
+    "{:.1%}",
+)
+FIDELITY = "not measured for this configuration: fidelity.json has no row for it"
+TOP1 = Column(
+    "top-1 = dense",
+    f"teacher-forced{UP}",
+    "share of positions whose top-1 next token is the dense model's, teacher-forced (ffnskip fidelity); "
+    "higher is better",
+    lambda r: r["top1"],
+    "{:.3f}",
+    missing=FIDELITY,
+)
+PERPLEXITY = Column(
+    "perplexity",
+    f"teacher-forced{DOWN}",
+    "perplexity, teacher-forced (ffnskip fidelity); lower is better",
+    lambda r: r["perplexity"],
+    "{:.2f}",
+    missing=FIDELITY,
+)
+BENCH = "not measured for this configuration: bench.json has no row for it"
+SPEEDUP = Column(
+    "speedup",
+    f"batch 1{UP}",
+    "decode step time of dense over this run's, batch 1 (ffnskip bench); higher is better",
+    lambda r: r["speedup"],
+    "{:.3f}",
+    missing=BENCH,
+)
+IDEAL = Column(
+    "ideal",
+    "at this skip",
+    "t_dense / (t_dense - s \u00b7 t_ffn): the speedup if skipping cost nothing",
+    lambda r: r["ideal"],
+    "{:.3f}",
+    missing=BENCH,
+    blank=_no_bound,
+)
+TOKENS = Column(
+    "tok/s",
+    "decode",
+    "decode tokens per second, batch 1",
+    lambda r: r["tokens_per_s"],
+    "{:.1f}",
+    missing=BENCH,
+)
+MFLOPS = Column(
+    "MFLOPs",
+    f"per token{DOWN}",
+    "decode FLOPs per token: flops.json's dense split less what this run skipped",
+    lambda r: r["mflops"],
+    "{:.1f}",
+    missing="no FLOPs count for this configuration (ffnskip flops)",
+)
+PEAK = Column(
+    "peak MB",
+    "memory",
+    "peak memory while decoding, MB (ffnskip bench)",
+    lambda r: r["peak_mb"],
+    "{:.0f}",
+    missing=BENCH,
+)
+
+
+def table(model: str, rows: list[Row], tasks: dict[str, Score]) -> dict[str, Any]:
+    """One model's leaderboard as the page shows it, with where it was measured."""
+    by_task = [c for task, score in tasks.items() for c in task_columns(task, score)]
+    columns = [METHOD, TARGET, SKIP, *by_task, TOP1, PERPLEXITY, SPEEDUP, IDEAL, TOKENS, MFLOPS, PEAK]
+    where = [*dict.fromkeys(r["device"] for r in rows), *dict.fromkeys(r["dtype"] for r in rows)]
+    return {"model": model, **grid(columns, rows), "measured": ", ".join(where)}

@@ -17,7 +17,7 @@ from ..skip.naming import DENSE, config_name
 from . import charts as svg
 from .charts import Series
 from .leaderboard import columns, constant_zero, leaderboard, table
-from .results import Run, bench_row, by_model, dense_run, finite
+from .results import AGREEMENT, Run, bench_row, by_model, dense_run, finite
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
@@ -49,7 +49,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
                        if task in r.scores and finite(r.skip_ratio)]  # fmt: skip
                 if dense and task in dense.scores:
                     pts.append((0.0, dense.scores[task].value))
-                elif dense and task.endswith("/agreement"):
+                elif dense and task.endswith(AGREEMENT):
                     pts.append((0.0, 100.0))  # the dense model agrees with itself
                 series.append((method, pts))
             metric = next(r.scores[task].metric for r in group if task in r.scores)
@@ -284,19 +284,19 @@ def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[di
 
 def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Everything the template shows; ``benches``: bench JSONs for the speed-by-model section."""
-    tasks, rows = leaderboard(runs)
+    tasks = columns(runs)
+    rows = leaderboard(runs, list(tasks))
     models = sorted({r.model for r in runs})
     scaling = speed_scaling(list(benches))
     return {
         "source": source,
-        "columns": columns(runs),
-        "tables": [table(m, [r for r in rows if r["model"] == m]) for m in models],
+        "tables": [table(m, [r for r in rows if r["model"] == m], tasks) for m in models],
         "constant_zero": constant_zero(runs),
         "scaling": scaling,
         "scaling_charts": scaling_charts(scaling),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": models,
-        "tasks": tasks,
+        "tasks": list(tasks),
         "rows": rows,
         "skip_curves": skip_curves(runs),
         "pareto": pareto(runs),

@@ -31,6 +31,7 @@ RAW_METRICS = (
 )
 NAMED_ARGS = ("method", "target_skip", "pretrained")  # model_args not spelled out in a cell name
 EXTRAS = ("flops", "bench", "calibrate", "fidelity")  # per-model measurement files beside the cell folders
+AGREEMENT = "/agreement"  # a task's agreement-with-dense score is the task name and this
 
 
 class ResultsError(ValueError):
@@ -172,7 +173,7 @@ def load_run(path: Path) -> Run:
             scores[task] = score
     agreement = results.get("agreement", {})
     for task, agree in agreement.items():
-        scores[f"{task}/agreement"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
+        scores[f"{task}{AGREEMENT}"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
     target = args.get("target_skip")
     ffnskip = config.get("ffnskip") or {}
     reference = (ffnskip.get("rule") or known_traits(str(args["method"])))["reference"]
