@@ -199,6 +199,23 @@ def _tables(html: str, cls: str) -> list[list[list[str]]]:
     return [rows for classes, rows in parser.tables if cls in classes.split()]
 
 
+def test_the_summary_names_per_target_what_keeps_the_most_and_the_papers_rule(results):
+    """Per model and target: the best mean win rate over agreement, top-1 and perplexity, then
+    ffnskip; at 50% skipdecode beats static on two of three agreement tasks though static's mean
+    agreement is higher (22 against 21): the rank is the win rate."""
+    m1, m2 = (rows[1:] for rows in _tables(render(build(load_runs(results), "results")), "summary"))
+    assert m1 == [
+        ["10%", "keeps the most", "static-0.1", "100%", "69.00", "0.850", "2.40", "11.0%", "1.060", "1.065"],
+        ["the paper's rule", "ffnskip-0.1", "50%", "55.00", "0.800", "2.50", "10.0%", "1.050", "1.060"],
+        ["50%", "keeps the most", "skipdecode-0.5", "83%", "20.67", "not measured", "not measured", "33.0%",
+         "1.250", "n/a"],
+        ["the paper's rule", "ffnskip-0.5", "0%", "15.00", "not measured", "not measured", "50.0%", "1.200",
+         "1.250"],
+    ]  # fmt: skip
+    # m2 has no fidelity.json or bench.json: no such columns; the paper's rule is the best
+    assert m2 == [["25%", "keeps the most; the paper's rule", "ffnskip-0.25", "100%", "70.00", "25.0%"]]
+
+
 def test_a_leaderboard_draws_no_empty_column_and_says_why_a_cell_is_blank(results):
     m1, m2 = _tables(render(build(load_runs(results), "results")), "leaderboard")
     heads = {i: [h.replace("\u2011", "-") for h in t[0]] for i, t in enumerate((m1, m2))}

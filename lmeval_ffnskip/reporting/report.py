@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..skip.naming import DENSE, config_name
+from ..skip.naming import DENSE, PAPER, config_name
 from . import charts as svg
 from .charts import Series
 from .leaderboard import columns, constant_zero, leaderboard, table
 from .results import AGREEMENT, Run, bench_row, by_model, dense_run, finite
+from .summary import summary
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
@@ -265,7 +266,7 @@ def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[di
         points = [
             (100 * c["skip_ratio"], 100 * c["share_of_ideal"])
             for c in s["configs"]
-            if c["method"] == "ffnskip" and c.get("share_of_ideal") is not None and c["skip_ratio"] >= least
+            if c["method"] == PAPER and c.get("share_of_ideal") is not None and c["skip_ratio"] >= least
         ]
         if s["batch"] == 1 and points:
             device = s["device"].split(",")[0] + (", thin shapes" if s["thin"] else "")
@@ -290,6 +291,7 @@ def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) 
     scaling = speed_scaling(list(benches))
     return {
         "source": source,
+        "summary": summary(rows, tasks),
         "tables": [table(m, [r for r in rows if r["model"] == m], tasks) for m in models],
         "constant_zero": constant_zero(runs),
         "scaling": scaling,
