@@ -368,13 +368,12 @@ def test_axes_cover_the_data_and_methods_keep_their_colour():
         ticks = charts._ticks(lo, hi)
         assert ticks[0] <= lo and ticks[-1] >= hi, (lo, hi, ticks)
     assert charts.colour("static") == charts.colour("static-0.25") != charts.colour("ffnskip")
-    assert charts.colour("Pareto front") not in {
+    assert charts.colour(charts.FRONT) not in {
         charts.colour(m) for m in ("dense", "ffnskip", "static", "spread")
     }
-    chart = charts.line_chart(
-        "t", [("static", [(0.0, 1.0), (0.5, 3.3)]), ("Pareto front", [(0.5, 3.3)])], "x", "y"
-    )
+    chart = charts.line_chart("t", [("static", [(0.0, 1.0), (0.5, 3.3)])], "x", "y", front=[(0.5, 3.3)])
     assert f'fill="{charts.colour("static")}" class="swatch" data-label="static"' in chart
+    assert f'fill="{charts.colour(charts.FRONT)}" class="swatch" data-label="{charts.FRONT}"' in chart
 
 
 def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
