@@ -4,11 +4,13 @@ the dense model, its achieved ratio and speedup beside the ideal, and the paper'
 "Keeps the most" is the mean win rate (as HELM ranks models) over the measures the leaderboard
 leads with: each task's agreement with the dense answers, teacher-forced top-1 agreement and
 perplexity. On one measure a configuration's win rate is the share of the others at its target
-that it beats (a tie counts half); its mean is over the measures it has.
+that it beats (a tie counts half); its mean is over the measures it has. Equal rates go to the
+higher mean agreement.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..skip.naming import PAPER
@@ -68,7 +70,10 @@ def _entries(rivals: list[Row], tasks: dict[str, Score]) -> list[Row]:
         values = [row["scores"][t]["value"] for t in agreement if row["scores"][t]["value"] is not None]
         mean = sum(values) / len(values) if values else None
         rated.append({**row, "wins": rate, "agreement": mean})
-    ranked = sorted((r for r in rated if r["wins"] is not None), key=lambda r: -r["wins"])
+    ranked = sorted(
+        (r for r in rated if r["wins"] is not None),
+        key=lambda r: (-r["wins"], math.inf if r["agreement"] is None else -r["agreement"]),
+    )
     if not ranked:
         return []
     best = ranked[0]
