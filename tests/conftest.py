@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -100,6 +102,23 @@ def sweep_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.environ.setdefault("FFNSKIP_DATA_DIR", DATA_DIR)
     assert main(["sweep", str(root / "sweep.yaml"), "--out", str(root / "out")]) == 0
     return root / "out"
+
+
+@pytest.fixture
+def browser_tab() -> Iterator[object]:
+    """A headless Chromium tab with a 1280 x 900 window (skipped without chromium, failed when
+    FFNSKIP_REQUIRE_BROWSER is set, as in .ci/run)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("FFNSKIP_REQUIRE_BROWSER"):
+            pytest.fail("FFNSKIP_REQUIRE_BROWSER is set but no chromium is installed")
+        pytest.skip("no chromium (Debian: apt-get install chromium); .ci/run installs it")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as pw:
+        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        browser = pw.chromium.launch(executable_path=chromium, args=args)
+        yield browser.new_page(viewport={"width": 1280, "height": 900})
+        browser.close()
 
 
 @pytest.fixture

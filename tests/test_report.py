@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import pytest
 from lmeval_ffnskip.cli import main
 from lmeval_ffnskip.reporting.report import build, ffn_equivalent, render
 from lmeval_ffnskip.reporting.results import Run, load_runs
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
@@ -48,61 +45,48 @@ def test_results_rows_hold_scores_speed_and_flops(sweep_dir):
     assert fidelity["rows"][3]["tokens_per_s"] is None  # random was not benched: left blank
 
 
-def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path):
-    if CHROMIUM is None:
-        if os.environ.get("FFNSKIP_REQUIRE_BROWSER"):
-            pytest.fail("FFNSKIP_REQUIRE_BROWSER is set but no chromium is installed")
-        pytest.skip("no chromium (Debian: apt-get install chromium); .ci/run installs it")
-    playwright = pytest.importorskip("playwright.sync_api")
+def test_report_opens_in_chromium_with_charts_drawn(sweep_dir, tmp_path, browser_tab):
+    page = browser_tab
     page_path = tmp_path / "report.html"
     assert main(["report", str(sweep_dir), "-o", str(page_path)]) == 0
     html = page_path.read_text()
     assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch
     assert "https://" not in html
-    with playwright.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        page = browser.new_page()
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.on("request", lambda r: None if r.url.startswith("file:") else problems.append(r.url))
-        page.goto(page_path.as_uri())
-        charts = page.eval_on_selector_all(
-            "svg.chart",
-            """svgs => svgs.map(s => ({
-                title: s.querySelector('title').textContent,
-                width: s.getBoundingClientRect().width,
-                marks: [...s.querySelectorAll('polyline.series, circle.point, rect.bar, polygon.band')]
-                    .filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length,
-            }))""",
-        )
-        # every mark inside its chart's plot area; every legend label in one colour across charts
-        placed = page.eval_on_selector_all(
-            "svg.chart",
-            """svgs => svgs.map(s => {
-                const plot = s.querySelector('rect.plot');
-                const box = plot && {x: +plot.getAttribute('x'), y: +plot.getAttribute('y'),
-                                     w: +plot.getAttribute('width'), h: +plot.getAttribute('height')};
-                const pts = [...s.querySelectorAll('circle.point')]
-                    .map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])
-                    .concat([...s.querySelectorAll('polyline.series')].flatMap(l => l.getAttribute('points')
-                        .trim().split(/\\s+/).map(p => p.split(',').map(Number))));
-                const swatches = [...s.querySelectorAll('rect.swatch')]
-                    .map(r => [r.dataset.label, r.getAttribute('fill')]);
-                return {title: s.querySelector('title').textContent, box, pts, swatches};
-            })""",
-        )
-        # the leaderboard sorts: click "achieved skip" twice -> descending, static/ffnskip first
-        header = page.locator("table.leaderboard").first.locator("th", has_text="achieved skip")
-        header.click()
-        header.click()
-        first = (
-            page.locator("table.leaderboard").first.locator("tbody tr").first.locator("td").first.inner_text()
-        )
-        browser.close()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith("file:") else problems.append(r.url))
+    page.goto(page_path.as_uri())
+    charts = page.eval_on_selector_all(
+        "svg.chart",
+        """svgs => svgs.map(s => ({
+            title: s.querySelector('title').textContent,
+            width: s.getBoundingClientRect().width,
+            marks: [...s.querySelectorAll('polyline.series, circle.point, rect.bar, polygon.band')]
+                .filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; }).length,
+        }))""",
+    )
+    # every mark inside its chart's plot area; every legend label in one colour across charts
+    placed = page.eval_on_selector_all(
+        "svg.chart",
+        """svgs => svgs.map(s => {
+            const plot = s.querySelector('rect.plot');
+            const box = plot && {x: +plot.getAttribute('x'), y: +plot.getAttribute('y'),
+                                 w: +plot.getAttribute('width'), h: +plot.getAttribute('height')};
+            const pts = [...s.querySelectorAll('circle.point')]
+                .map(c => [+c.getAttribute('cx'), +c.getAttribute('cy')])
+                .concat([...s.querySelectorAll('polyline.series')].flatMap(l => l.getAttribute('points')
+                    .trim().split(/\\s+/).map(p => p.split(',').map(Number))));
+            const swatches = [...s.querySelectorAll('rect.swatch')]
+                .map(r => [r.dataset.label, r.getAttribute('fill')]);
+            return {title: s.querySelector('title').textContent, box, pts, swatches};
+        })""",
+    )
+    # the leaderboard sorts: click "skipped" (achieved) twice -> descending, static/ffnskip first
+    header = page.locator("table.leaderboard").first.locator("th", has_text="skipped")
+    header.click()
+    header.click()
+    first = page.locator("table.leaderboard").first.locator("tbody tr").first.locator("td").first.inner_text()
     outside = [
         (c["title"], x, y)
         for c in placed
@@ -384,17 +368,17 @@ def test_axes_cover_the_data_and_methods_keep_their_colour():
         ticks = charts._ticks(lo, hi)
         assert ticks[0] <= lo and ticks[-1] >= hi, (lo, hi, ticks)
     assert charts.colour("static") == charts.colour("static-0.25") != charts.colour("ffnskip")
-    assert charts.colour("Pareto front") not in {
+    assert charts.colour(charts.FRONT) not in {
         charts.colour(m) for m in ("dense", "ffnskip", "static", "spread")
     }
-    chart = charts.line_chart(
-        "t", [("static", [(0.0, 1.0), (0.5, 3.3)]), ("Pareto front", [(0.5, 3.3)])], "x", "y"
-    )
+    chart = charts.line_chart("t", [("static", [(0.0, 1.0), (0.5, 3.3)])], "x", "y", front=[(0.5, 3.3)])
     assert f'fill="{charts.colour("static")}" class="swatch" data-label="static"' in chart
+    assert f'fill="{charts.colour(charts.FRONT)}" class="swatch" data-label="{charts.FRONT}"' in chart
 
 
 def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
-    from lmeval_ffnskip.reporting.report import build, constant_zero
+    from lmeval_ffnskip.reporting.leaderboard import constant_zero
+    from lmeval_ffnskip.reporting.report import build
     from lmeval_ffnskip.reporting.results import load_runs
 
     runs = load_runs(sweep_dir)
@@ -402,9 +386,9 @@ def test_a_metric_zero_in_every_run_gets_no_column_or_chart(sweep_dir):
     assert zero == sorted(t for t in {t for r in runs for t in r.scores} if all(
         r.scores[t].value == 0 for r in runs if t in r.scores))  # fmt: skip
     page = build(runs, "x")
-    assert not set(zero) & set(page["columns"])
+    assert not set(zero) & set(page["tasks"])
     assert not any(f": {t} (" in c["title"] for t in zero for c in page["skip_curves"])
-    assert next(iter(page["columns"])).endswith("/agreement")
+    assert page["tasks"][0].endswith("/agreement")
     assert [t["model"] for t in page["tables"]] == ["smollm2-135m"]
 
 

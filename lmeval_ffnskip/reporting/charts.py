@@ -15,6 +15,7 @@ Series = tuple[str, Sequence[tuple[float, float]]]
 PARTS = ("#6b6ecf", "#b5cf6b", "#e7ba52", "#d6616b")  # stacked parts of a bar (no method's colour)
 # one colour per method in every chart (a label "method-..." takes its method's); others hash
 # into EXTRA, never into a method's colour
+FRONT = "Pareto front"
 COLOURS = {
     "dense": "#7f7f7f",
     "ffnskip": "#1f77b4",
@@ -24,7 +25,7 @@ COLOURS = {
     "shortgpt": "#8c564b",
     "skipdecode": "#9467bd",
     "hf": "#17becf",
-    "Pareto front": "#000000",
+    FRONT: "#000000",
 }
 EXTRA = ("#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
 W, H = 520, 300
@@ -124,14 +125,18 @@ def line_chart(
     scatter: Sequence[str] = (),
     colours: dict[str, str] | None = None,
     y_span: Sequence[float] = (),
+    front: Sequence[tuple[float, float]] = (),
 ) -> str:
     """Lines with markers (the series named in ``scatter``: markers alone); ``shade`` greys x-ranges;
     ``colours`` overrides the method colours (series that are not methods, such as models); the
-    y axis covers ``y_span`` as well as the data (charts meant to be compared side by side)."""
+    y axis covers ``y_span`` as well as the data (charts meant to be compared side by side);
+    ``front`` (points of the series, the Pareto front) is a line beneath every marker."""
     paint = {label: (colours or {}).get(label) or colour(label) for label, _ in series}
     series = [(label, sorted(pts)) for label, pts in series if pts]
     if not series:
         return ""
+    labels = [label for label, _ in series] + ([FRONT] if front else [])
+    paint[FRONT] = colour(FRONT)
     xs = [x for _, pts in series for x, _ in pts]
     ys = [y for _, pts in series for _, y in pts] + list(y_span)
     frame = _Frame(xs, ys, x_label, y_label)
@@ -141,6 +146,12 @@ def line_chart(
         for a, b in shade
     ]
     body += frame.axes()
+    if front:
+        coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in sorted(front))
+        body.append(
+            f'<polyline points="{coords}" fill="none" stroke="{paint[FRONT]}" stroke-width="1.5" '
+            'stroke-dasharray="5 3" class="series front"/>'
+        )
     for label, pts in series:
         color = paint[label]
         coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in pts)
@@ -153,7 +164,7 @@ def line_chart(
                 f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3.5" fill="{color}" class="point">'
                 f"<title>{escape(label)}: ({x:.4g}, {y:.4g})</title></circle>"
             )
-    body += frame.legend([label for label, _ in series], [paint[label] for label, _ in series])
+    body += frame.legend(labels, [paint[label] for label in labels])
     return _svg(title, body)
 
 

@@ -13,88 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..skip.naming import DENSE, config_name
+from ..skip.naming import DENSE, PAPER, config_name
 from . import charts as svg
 from .charts import Series
-from .results import Run, bench_row, fidelity_row, finite, flops_per_token
+from .leaderboard import columns, constant_zero, leaderboard, table
+from .results import AGREEMENT, Run, bench_row, by_model, dense_run, finite
+from .summary import summary
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SAMPLE_DOCS = 3  # prompts shown side by side per generative task
 X_SKIP = "FFN blocks skipped, % of eligible (whole layers in FFN-equivalents)"
-
-
-def _by_model(runs: list[Run]) -> dict[str, list[Run]]:
-    out: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        out[run.model].append(run)
-    return dict(out)
-
-
-def _dense(runs: list[Run]) -> Run | None:
-    return next((r for r in runs if r.is_reference), None)
-
-
-def constant_zero(runs: list[Run]) -> list[str]:
-    """Tasks whose headline score is 0 in every run: they cannot separate methods, so they get no
-    chart and no leaderboard column (the page says so)."""
-    tasks = {t for r in runs for t in r.scores}
-    return sorted(t for t in tasks if all(r.scores[t].value == 0 for r in runs if t in r.scores))
-
-
-def columns(runs: list[Run]) -> dict[str, str]:
-    """Leaderboard task columns, agreement with dense first: task -> "metric, higher/lower is better"."""
-    dropped = set(constant_zero(runs))
-    found = {t: s for r in runs for t, s in r.scores.items() if t not in dropped}
-    order = sorted(found, key=lambda t: (not t.endswith("/agreement"), t))
-    direction = {t: "higher" if found[t].higher_is_better else "lower" for t in order}
-    return {t: f"{found[t].metric}, {direction[t]} is better" for t in order}
-
-
-def leaderboard(runs: list[Run]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Task columns, and one row per run with scores, deltas vs its model's dense run, teacher-forced
-    fidelity, speed and FLOPs."""
-    tasks = list(columns(runs))
-    rows = []
-    for model, group in _by_model(runs).items():
-        dense = _dense(group)
-        for run in group:
-            bench = bench_row(run) or {}
-            cells = {}
-            for task in tasks:
-                score = run.scores.get(task)
-                base = dense.scores.get(task) if dense else None
-                delta = score.value - base.value if score and base and run is not dense else None
-                worse = None if delta is None else (delta < 0) == score.higher_is_better and delta != 0
-                cells[task] = {"value": score.value if score else None, "delta": delta, "worse": worse}
-            flops = flops_per_token(run)
-            forced = fidelity_row(run) or {}
-            rows.append(
-                {
-                    "model": model,
-                    "cell": run.cell,
-                    "method": run.method,
-                    "target": run.target,
-                    "skip": run.skip_ratio,
-                    "scores": cells,
-                    "top1": forced.get("top1_agreement"),
-                    "perplexity": forced.get("perplexity"),
-                    "tokens_per_s": bench.get("tokens_per_s"),
-                    "speedup": bench.get("speedup"),
-                    "ideal": bench.get("ideal_speedup"),
-                    "mflops": None if flops is None else flops / 1e6,
-                    "peak_mb": bench.get("peak_memory_mb"),
-                    "device": _hardware(run),
-                    "dtype": (run.dtype or "").replace("torch.", ""),
-                }
-            )
-    return tasks, rows
-
-
-def _hardware(run: Run) -> str:
-    env = run.extras.get("bench", {}).get("environment")
-    if not env:
-        return run.device or "?"
-    return f"{env['device']} ({env['threads']} threads)"
 
 
 def ffn_equivalent(run: Run) -> float:
@@ -108,8 +36,8 @@ def ffn_equivalent(run: Run) -> float:
 def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
     """Per model and task: score against achieved skip ratio, one line per method (dense at 0)."""
     charts = []
-    for model, group in _by_model(runs).items():
-        dense = _dense(group)
+    for model, group in by_model(runs).items():
+        dense = dense_run(group)
         dropped = set(constant_zero(runs))
         tasks = sorted({t for r in group for t in r.scores} - dropped)
         for task in tasks:
@@ -122,7 +50,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
                        if task in r.scores and finite(r.skip_ratio)]  # fmt: skip
                 if dense and task in dense.scores:
                     pts.append((0.0, dense.scores[task].value))
-                elif dense and task.endswith("/agreement"):
+                elif dense and task.endswith(AGREEMENT):
                     pts.append((0.0, 100.0))  # the dense model agrees with itself
                 series.append((method, pts))
             metric = next(r.scores[task].metric for r in group if task in r.scores)
@@ -135,7 +63,7 @@ def skip_curves(runs: list[Run]) -> list[dict[str, str]]:
 def pareto(runs: list[Run]) -> list[dict[str, str]]:
     """Per model and task: score against decode tokens/s, with the Pareto front drawn."""
     charts = []
-    for model, group in _by_model(runs).items():
+    for model, group in by_model(runs).items():
         measured = [(r, bench_row(r)) for r in group]
         measured = [(r, b["tokens_per_s"]) for r, b in measured if b]
         for task in sorted({t for r, _ in measured for t in r.scores} - set(constant_zero(runs))):
@@ -152,9 +80,7 @@ def pareto(runs: list[Run]) -> list[dict[str, str]]:
             title = f"{model}: {task} vs decode speed"
             metric = next(r.scores[task].metric for r, _ in measured if task in r.scores)
             methods = [label for label, _ in series]
-            chart = svg.line_chart(
-                title, [*series, ("Pareto front", front)], "decode tokens/s", metric, scatter=methods
-            )
+            chart = svg.line_chart(title, series, "decode tokens/s", metric, scatter=methods, front=front)
             charts.append({"title": title, "svg": chart})
     return charts
 
@@ -168,7 +94,7 @@ def _cold(layout: dict[str, Any], n_layers: int) -> list[tuple[float, float]]:
 def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Per model: the calibration similarity curve and each method's per-layer skip frequency."""
     charts = []
-    for model, group in _by_model(runs).items():
+    for model, group in by_model(runs).items():
         calibration = group[0].extras.get("calibrate")
         if calibration:
             layers = calibration["layers"]
@@ -193,7 +119,7 @@ def layer_charts(runs: list[Run]) -> list[dict[str, str]]:
 def flops_tables(runs: list[Run]) -> list[dict[str, Any]]:
     """Per model: flops.json's split (Table 4) with the saving per token, and a stacked-bar chart."""
     out = []
-    for model, group in _by_model(runs).items():
+    for model, group in by_model(runs).items():
         flops = group[0].extras.get("flops")
         if not flops:
             continue
@@ -210,7 +136,7 @@ def fidelity_tables(runs: list[Run]) -> list[dict[str, Any]]:
     """Per model: ``fidelity.json``'s teacher-forced agreement with dense and perplexity per
     method and ratio, beside that configuration's batch-1 decode speed from ``bench.json``."""
     out = []
-    for model, group in _by_model(runs).items():
+    for model, group in by_model(runs).items():
         fidelity = group[0].extras.get("fidelity")
         if not fidelity:
             continue
@@ -225,7 +151,7 @@ def fidelity_tables(runs: list[Run]) -> list[dict[str, Any]]:
 def warmup_charts(runs: list[Run]) -> list[dict[str, str]]:
     """Score against warm-up length (Figure 5), where runs differ in ``warmup`` only."""
     charts = []
-    for model, group in _by_model(runs).items():
+    for model, group in by_model(runs).items():
         varied = [r for r in group if not r.is_reference and "warmup" in r.model_args]
         if len({int(r.model_args["warmup"]) for r in varied}) < 2:
             continue
@@ -267,8 +193,8 @@ def samples(runs: list[Run]) -> list[dict[str, Any]]:
     """Figure 1: a few prompts per generative task, the dense answer beside each skip method's
     answer at the model's highest target, with the agreement figures of that sample."""
     out = []
-    for model, group in _by_model(runs).items():
-        dense = _dense(group)
+    for model, group in by_model(runs).items():
+        dense = dense_run(group)
         if dense is None:
             continue
         top = max((r.target for r in group if r.target is not None), default=None)
@@ -340,7 +266,7 @@ def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[di
         points = [
             (100 * c["skip_ratio"], 100 * c["share_of_ideal"])
             for c in s["configs"]
-            if c["method"] == "ffnskip" and c.get("share_of_ideal") is not None and c["skip_ratio"] >= least
+            if c["method"] == PAPER and c.get("share_of_ideal") is not None and c["skip_ratio"] >= least
         ]
         if s["batch"] == 1 and points:
             device = s["device"].split(",")[0] + (", thin shapes" if s["thin"] else "")
@@ -357,27 +283,22 @@ def scaling_charts(scaling: list[dict[str, Any]], least: float = 0.2) -> list[di
     return charts
 
 
-def _table(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """One model's leaderboard; ``has`` says which optional columns any row fills."""
-    has = {k: any(r[k] is not None for r in rows) for k in ("top1", "speedup", "mflops", "peak_mb")}
-    return {"model": model, "rows": rows, "has": has}
-
-
 def build(runs: list[Run], source: str, benches: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Everything the template shows; ``benches``: bench JSONs for the speed-by-model section."""
-    tasks, rows = leaderboard(runs)
+    tasks = columns(runs)
+    rows = leaderboard(runs, list(tasks))
     models = sorted({r.model for r in runs})
     scaling = speed_scaling(list(benches))
     return {
         "source": source,
-        "columns": columns(runs),
-        "tables": [_table(m, [r for r in rows if r["model"] == m]) for m in models],
+        "summary": summary(rows, tasks),
+        "tables": [table(m, [r for r in rows if r["model"] == m], tasks) for m in models],
         "constant_zero": constant_zero(runs),
         "scaling": scaling,
         "scaling_charts": scaling_charts(scaling),
         "generated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "models": models,
-        "tasks": tasks,
+        "tasks": list(tasks),
         "rows": rows,
         "skip_curves": skip_curves(runs),
         "pareto": pareto(runs),

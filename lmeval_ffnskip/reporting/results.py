@@ -31,6 +31,7 @@ RAW_METRICS = (
 )
 NAMED_ARGS = ("method", "target_skip", "pretrained")  # model_args not spelled out in a cell name
 EXTRAS = ("flops", "bench", "calibrate", "fidelity")  # per-model measurement files beside the cell folders
+AGREEMENT = "/agreement"  # a task's agreement-with-dense score is the task name and this
 
 
 class ResultsError(ValueError):
@@ -172,7 +173,7 @@ def load_run(path: Path) -> Run:
             scores[task] = score
     agreement = results.get("agreement", {})
     for task, agree in agreement.items():
-        scores[f"{task}/agreement"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
+        scores[f"{task}{AGREEMENT}"] = Score("rougeL_vs_dense", agree["rougeL"], True, len(agree["samples"]))
     target = args.get("target_skip")
     ffnskip = config.get("ffnskip") or {}
     reference = (ffnskip.get("rule") or known_traits(str(args["method"])))["reference"]
@@ -228,6 +229,19 @@ def load_runs(root: Path) -> list[Run]:
         run.extras = extras[folder]
         runs[(run.model, run.cell)] = run
     return sorted(runs.values(), key=lambda r: (r.model, not r.is_reference, r.method, r.target or 0, r.cell))
+
+
+def by_model(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs grouped by model, in the order given."""
+    out: dict[str, list[Run]] = {}
+    for run in runs:
+        out.setdefault(run.model, []).append(run)
+    return out
+
+
+def dense_run(runs: list[Run]) -> Run | None:
+    """The run the others of ``runs`` (one model's) are compared with, if there is one."""
+    return next((r for r in runs if r.is_reference), None)
 
 
 def read_bench(path: Path) -> dict[str, Any]:

@@ -11,6 +11,8 @@ _TARGET = re.compile(r"-(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?(?=-|$)")
 
 # the configuration every other is compared with, in every JSON and sweep (``method=dense``)
 DENSE = "dense"
+# the paper's rule (FFN-SkipLLM), which the report's summary and speed charts single out
+PAPER = "ffnskip"
 
 
 def config_name(method: str, target: float) -> str:
