@@ -117,7 +117,7 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     ffn = [
         sum(by_module[names[id(m)]] for m in (s.mlp, s.in_norm, s.out_norm) if m is not None) for s in sites
     ]
-    attention = [by_module[names[id(layer.self_attn)]] for layer in model.get_decoder().layers]
+    attention = [by_module[names[id(s.attention)]] for s in sites]
     lm_head = by_module[names[id(model.get_output_embeddings())]]
     other = analysis.total() - sum(attention) - sum(ffn) - lm_head
     return DecodeFlops(context, sum(attention), sum(ffn), lm_head, other, tuple(ffn), tuple(attention))
