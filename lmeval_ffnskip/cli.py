@@ -234,6 +234,12 @@ def flops_main(argv: list[str]) -> int:
         "split into attention, FFN, LM head and other, for dense and for measured skip patterns.",
     )
     parser.add_argument("--pretrained", default="smollm2-135m", help="embedded alias, HF id or local dir")
+    parser.add_argument(
+        "--shape",
+        help="instead of --pretrained: a shipped architecture with random weights (ffnskip's trigger "
+        "forced at its first check), one of " + ", ".join(SHAPES),
+    )
+    parser.add_argument("--thin", action="store_true", help="with --shape: its thin widths (as bench)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--context", type=int, default=512, help="positions the new token attends to")
     parser.add_argument("--targets", default="0.25,0.5", help="target_skip values to measure ('' for none)")
@@ -252,6 +258,8 @@ def flops_main(argv: list[str]) -> int:
     try:
         options = {
             "pretrained": args.pretrained,
+            "shape": args.shape,
+            "thin": args.thin,
             "device": args.device,
             "context": args.context,
             "targets": numbers("--targets", args.targets, OPTIONS["targets"]),
@@ -267,9 +275,12 @@ def flops_main(argv: list[str]) -> int:
         return 2
     rows, analytic = payload["rows"], payload["analytic_dense_total"]
     dense_total = rows[0]["total"]
-    print(f"{args.pretrained}, context {args.context}: {payload['convention']}")
-    print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense_total / 1e6:.2f} M "
-          f"({dense_total / analytic - 1:+.3%})")  # fmt: skip
+    print(f"{payload['model']}, context {args.context}: {payload['convention']}")
+    if analytic is None:
+        print(f"counted dense total {dense_total / 1e6:.2f} M (experts: the active ones per token)")
+    else:
+        print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense_total / 1e6:.2f} M "
+              f"({dense_total / analytic - 1:+.3%})")  # fmt: skip
     print(f"{'config':<16}{'skip':>7}{'total M':>10}{'attn M':>9}{'FFN M':>9}{'head M':>9}{'saving':>8}")
     for r in rows:
         print(

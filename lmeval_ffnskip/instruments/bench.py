@@ -385,10 +385,10 @@ def check_options(values: Mapping[str, Any], spell: Callable[[str], str] = str) 
         stats = ", ".join(SPEED_STATS)
         raise ValueError(f"{spell('stat')}={values['stat']!r} is unknown; choose one of {stats}")
     torch_dtype(values.get("dtype", "float32"))
-    _check_shape(values.get("shape"), values.get("thin", False), values.get("methods", ()))
+    check_shape(values.get("shape"), values.get("thin", False), values.get("methods", ()))
 
 
-def _check_shape(shape: str | None, thin: bool, methods: Sequence[str]) -> None:
+def check_shape(shape: str | None, thin: bool, methods: Sequence[str]) -> None:
     """A shape model, where asked for, is a shipped one and its methods do not need real weights."""
     from .shapes import SHAPES
 
