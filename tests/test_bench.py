@@ -162,7 +162,8 @@ def test_shipped_shapes_and_their_thin_variants(name):
     narrow = thin(values)
     for v in (values, narrow):
         config = AutoConfig.for_model(**v)
-        assert config.num_attention_heads % config.num_key_value_heads == 0
+        kv_heads = getattr(config, "num_key_value_heads", config.num_attention_heads)  # GPT-NeoX: none
+        assert config.num_attention_heads % kv_heads == 0
     assert narrow["num_hidden_layers"] == values["num_hidden_layers"]
     assert narrow["model_type"] == values["model_type"] and narrow["hidden_size"] <= 128
     for width in ("intermediate_size", "moe_intermediate_size"):  # the FFN's and each expert's
@@ -171,6 +172,21 @@ def test_shipped_shapes_and_their_thin_variants(name):
             assert narrow[width] / narrow["hidden_size"] == pytest.approx(ratio, rel=0.02)
     groups = values["num_attention_heads"] // values.get("num_key_value_heads", values["num_attention_heads"])
     assert narrow["num_attention_heads"] == groups * narrow["num_key_value_heads"]
+
+
+def test_the_parallel_residual_shape_skips_its_ffns():
+    """Pythia-6.9B's thin shape: 32 parallel GPT-NeoX layers (6.86 B parameters at full width);
+    static at 25% skips 8 of its 32 FFN blocks in every decoding step."""
+    from lmeval_ffnskip.instruments.shapes import shape_model, token_batch
+    from lmeval_ffnskip.skip.adapters import ffn_sites
+    from lmeval_ffnskip.skip.engine import attach, generate_fixed
+    from lmeval_ffnskip.skip.settings import SkipPolicy
+
+    model = shape_model("pythia-6.9b", torch.float32, "cpu", thin_widths=True)
+    assert all(site.parallel is not None for site in ffn_sites(model)[1]) and len(ffn_sites(model)[1]) == 32
+    with attach(model, SkipPolicy(method="static", target_skip=0.25, warmup=0)) as engine:
+        generate_fixed(model, token_batch(model.config.vocab_size, 1, "cpu"), 3)
+    assert engine.stats.skipped == 2 * 8  # two decoding steps
 
 
 def test_thin_shape_bench_end_to_end():

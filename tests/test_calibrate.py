@@ -61,13 +61,16 @@ def test_search_bisects_the_threshold_where_decoding_fires_less_than_predicted(m
     assert profile["heldout_ratio"] == profile["calibration_ratio"]
 
 
-def test_similarities_predict_the_engines_first_decisions():
-    """The first decoded token has a dense history, so its real skip counts are the predicted ones."""
-    model = tiny_model("llama", n_layers=10)
+@pytest.mark.parametrize("model_type", ["llama", "gpt_neox", "phi", "falcon"])
+def test_similarities_predict_the_engines_first_decisions(model_type):
+    """The first decoded token has a dense history, so its real skip counts are the predicted ones
+    (in parallel layers too: calibration and the engine read the same stream)."""
+    model = tiny_model(model_type, n_layers=10)
     batch = {"input_ids": torch.randint(3, 97, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long)}
     cos = cal.similarities(model, batch, new_tokens=3)
     assert cos.shape == (4 * 2, 10) and cos.abs().max() <= 1 + 1e-6
-    threshold = float(cos[:4, 2:8].median())  # fires for some tokens at some layers, not all
+    middle = cos[:4, 2:8].flatten().sort().values[11:13]  # fires for some tokens at some layers, not all
+    threshold = float(middle.mean())  # between two similarities, so none sits on it (rounding ties)
     policy = SkipPolicy(threshold=threshold, warmup=0, cold_start=2, cold_end=2, target_skip=0.3)
     with torch.no_grad(), attach(model, policy, record=True) as engine:
         model.generate(**batch, max_new_tokens=2, min_new_tokens=2, do_sample=False)
@@ -143,6 +146,28 @@ def test_calibrate_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("lmeval_ffnskip.taskdata.data.urllib.request.urlopen", _offline)
     assert main(["calibrate", "--prompts", "2", "--new-tokens", "4"]) == 2
     assert "wikitext2" in capsys.readouterr().err
+
+
+def test_calibrate_a_saved_parallel_checkpoint(tmp_path, monkeypatch, capsys):
+    """``ffnskip calibrate --pretrained DIR`` on a tiny random GPT-NeoX (parallel layers): a curve
+    of one similarity per layer, and settings that skip on calibration and held-out prompts."""
+    from transformers import AutoTokenizer
+
+    from lmeval_ffnskip.inputs.checkpoints import resolve
+
+    monkeypatch.setenv("FFNSKIP_DATA_DIR", DATA_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    model = tiny_model("gpt_neox", n_layers=8, vocab_size=len(tokenizer))
+    model.save_pretrained(tmp_path / "neox")
+    tokenizer.save_pretrained(tmp_path / "neox")
+    out = tmp_path / "profile.json"
+    argv = ["calibrate", "--pretrained", str(tmp_path / "neox"), "--target", "0.25", "--prompts", "2",
+            "--prompt-tokens", "8", "--new-tokens", "6", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    profile = json.loads(out.read_text())
+    assert profile["n_layers"] == len(profile["layers"]) == 8
+    assert all(-1 <= layer["min"] <= layer["mean"] <= 1 for layer in profile["layers"])
+    assert profile["calibration_ratio"] > 0 and profile["heldout_ratio"] > 0
 
 
 def _offline(*args: object, **kwargs: object) -> None:

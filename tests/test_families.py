@@ -1,8 +1,10 @@
-"""Every architecture in ``adapters.ARCHITECTURES``, on a tiny random model built from
-transformers' own config class (nothing downloaded): skipping off is the stock model bit for bit;
-a skipped block runs none of its modules (router and experts included) in exactly the layers the
-rule names; and the similarity the rule reads is cos(h, h + scale * out_norm(block(in_norm(h)))),
-the one calibration measures with plain hooks on the stock model."""
+"""Every architecture in ``adapters.ARCHITECTURES`` (both layer forms of those whose config picks
+parallel or sequential), on a tiny random model built from transformers' own config class
+(nothing downloaded): skipping off is the stock model bit for bit; a skipped block runs none of
+its modules (router and experts included) in exactly the layers the rule names; the similarity
+the rule reads is cos(h, h + scale * out_norm(block(in_norm(h)))), in a parallel layer
+cos(h + attention, h + attention + block), the one calibration measures with plain hooks on the
+stock model; and one teacher-forced pass (loglikelihood requests) decides as decoding does."""
 
 from __future__ import annotations
 
@@ -11,24 +13,40 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import alone_and_batched
+from conftest import alone_and_batched, forced_and_stepwise
 from transformers import DynamicCache
 
 from lmeval_ffnskip.instruments.shapes import tiny_batches, tiny_model
 from lmeval_ffnskip.skip.adapters import ARCHITECTURES, REFUSED, check_model_type, ffn_sites
-from lmeval_ffnskip.skip.compiled import gated_activation
+from lmeval_ffnskip.skip.compiled import gated_activation, op_refusal
+from lmeval_ffnskip.skip.decode import CompiledDecoder, check_config
 from lmeval_ffnskip.skip.engine import attach, generate_fixed
 from lmeval_ffnskip.skip.hf_compat import cache_keyword
 from lmeval_ffnskip.skip.settings import SkipPolicy
 
-FAMILIES = sorted(ARCHITECTURES)
+# case -> (model_type, config beyond the tiny widths): every family, and the other layer form of
+# those whose config picks parallel or sequential (their tiny defaults are parallel)
+CASES: dict[str, tuple[str, dict[str, object]]] = {
+    **{model_type: (model_type, {}) for model_type in ARCHITECTURES},
+    "gpt_neox-sequential": ("gpt_neox", {"use_parallel_residual": False}),
+    "falcon-sequential": ("falcon", {"parallel_attn": False}),
+    "falcon-two-norms": ("falcon", {"new_decoder_architecture": True}),  # Falcon-40B's ln_attn, ln_mlp
+}
+FAMILIES = sorted(CASES)
+PARALLEL = ["cohere", "falcon", "falcon-two-norms", "gpt_neox", "gptj", "phi"]
 N_LAYERS, NEW = 6, 6
 
 
-def _model(model_type: str) -> torch.nn.Module:
+def _model(case: str) -> torch.nn.Module:
+    model_type, config = CASES[case]
     if not _known(model_type):  # a family newer than this transformers (the oldest tested)
         pytest.skip(f"this transformers has no model_type={model_type}")
-    return tiny_model(model_type, n_layers=N_LAYERS)
+    return tiny_model(model_type, n_layers=N_LAYERS, **config)
+
+
+def test_the_parallel_cases_are_the_parallel_layers() -> None:
+    parallel = [case for case in FAMILIES if ffn_sites(_model(case))[1][0].parallel is not None]
+    assert parallel == PARALLEL
 
 
 def _known(model_type: str) -> bool:
@@ -100,24 +118,34 @@ def test_rows_that_skip_beside_rows_that_run(model_type: str) -> None:
 
 def _layer_similarity(model: torch.nn.Module, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """[positions] cos(h, layer output) at ``layer`` over ``ids`` (one stock forward pass), where
-    h is what the FFN block's first module reads: the layer's output is h plus the block's
-    contribution, whatever the family's norms and scale."""
+    h is what the FFN block's first module reads, or in a parallel layer the layer's input plus
+    attention's output: the layer's output is h plus the block's contribution, whatever the
+    family's norms and scale."""
     seen: dict[str, torch.Tensor] = {}
     site = ffn_sites(model)[1][layer]
-    hooks = [
-        site.entry.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0])),
-        model.get_decoder()
-        .layers[layer]
-        .register_forward_hook(
-            lambda m, a, out: seen.__setitem__("out", out[0] if isinstance(out, tuple) else out)
-        ),
-    ]
+    hooks = [site.layer.register_forward_hook(lambda m, a, out: seen.__setitem__("out", _hidden(out)))]
+    if site.parallel is None:
+        hooks.append(site.entry.register_forward_pre_hook(lambda m, a: seen.__setitem__("h", a[0])))
+    else:
+        hooks += [
+            site.layer.register_forward_pre_hook(
+                lambda m, a, kw: seen.__setitem__("input", a[0] if a else kw["hidden_states"]),
+                with_kwargs=True,
+            ),
+            site.attention.register_forward_hook(
+                lambda m, a, out: seen.__setitem__("h", seen["input"] + out[0])
+            ),
+        ]
     try:
         model(input_ids=ids)
     finally:
         for hook in hooks:
             hook.remove()
     return torch.cosine_similarity(seen["h"][0].double(), seen["out"][0].double(), dim=-1)
+
+
+def _hidden(out: torch.Tensor | tuple) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -145,11 +173,63 @@ def test_the_rule_reads_the_blocks_contribution_to_the_residual_stream(model_typ
     assert fired == (stock >= threshold).tolist()
 
 
+@pytest.mark.parametrize("model_type", FAMILIES)
+@torch.no_grad()
+def test_one_teacher_forced_pass_decides_as_decoding(model_type: str) -> None:
+    """A loglikelihood request is one forward pass; with ``skip_prompt`` it skips exactly the
+    blocks token-by-token decoding of the same tokens skips, and gives the same logits."""
+    model = _model(model_type)
+    ids = tiny_batches()[0]["input_ids"]
+    policy = SkipPolicy(method="ffnskip", skip_prompt=True, warmup=2, target_skip=0.34, threshold=-1.0)
+    (forced, full), (stepwise, steps) = forced_and_stepwise(model, policy, ids)
+    assert torch.equal(torch.cat(stepwise.history, dim=1), forced.history[0])
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-4)
+    assert forced.stats.skipped > 0
+
+
+@pytest.mark.parametrize("model_type", ["falcon", "gptj", "gpt_neox", "llama"])
+@torch.no_grad()
+def test_a_dropped_layer_hands_on_its_input_as_the_layer_would(model_type: str) -> None:
+    """shortgpt's dropped layers return their input in the layer's own output form (Falcon's and
+    GPT-J's layers return a tuple): the logits are a stock pass with those layers' outputs
+    replaced by their inputs."""
+    model = _model(model_type)
+    batch = tiny_batches()[1]
+    influence = tuple(0.5 - 0.01 * i for i in range(N_LAYERS))  # the deepest layers matter least
+    with attach(model, SkipPolicy(method="shortgpt", target_skip=0.4, influence=influence)) as engine:
+        logits = model(**batch).logits
+    dropped = engine.plan.order
+    layers = [site.layer for site in ffn_sites(model)[1]]
+
+    def identity(m: torch.nn.Module, args: tuple, kwargs: dict, out: object) -> object:
+        h = args[0] if args else kwargs["hidden_states"]
+        return (h, *out[1:]) if isinstance(out, tuple) else h
+
+    handles = [layers[i].register_forward_hook(identity, with_kwargs=True) for i in dropped]
+    try:
+        assert len(dropped) > 0 and torch.equal(logits, model(**batch).logits)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_every_refused_architecture_says_why() -> None:
     for model_type, reason in REFUSED.items():
         with pytest.raises(NotImplementedError, match=rf"model_type='{model_type}': {reason[:30]}"):
             check_model_type(model_type)
     assert not set(REFUSED) & set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("model_type", PARALLEL)
+def test_the_compiled_path_refuses_parallel_layers_by_name(model_type: str) -> None:
+    """Its step measures cos(h, h + block) at the block's input, not a parallel layer's
+    similarity: refused before any weights load, and by the decoder on a loaded model."""
+    model = _model(model_type)
+    with pytest.raises(ValueError, match="run attention and the FFN block in parallel"):
+        check_config(model.config)
+    with attach(model, SkipPolicy(method="static", target_skip=0.34)) as engine:
+        with pytest.raises(NotImplementedError, match="in parallel"):
+            CompiledDecoder(model, engine)
 
 
 def test_router_logits_asked_for_are_refused() -> None:
@@ -167,21 +247,21 @@ def test_readme_lists_what_the_code_supports_and_refuses() -> None:
     rows = re.findall(r"^\| [^|]*\| ([^|]*)\| ([^|]*)\|", table, flags=re.MULTILINE)[1:]  # past the header
     named = {t: compiled for types, compiled in rows for t in re.findall(r"`([a-z0-9_]+)`", types)}
     assert set(named) == set(ARCHITECTURES)
-    for model_type, compiled in named.items():  # the compiled path's column: what its op runs
-        site = ffn_sites(tiny_model(model_type, n_layers=2))[1][-1]
+    for model_type, compiled in named.items():  # the compiled path's column: what it runs
+        model = _model(model_type)
         if compiled.strip().startswith("yes"):
-            gated_activation(site)
+            assert op_refusal(model.config) is None
+            gated_activation(ffn_sites(model)[1][-1])
         else:
-            with pytest.raises(NotImplementedError, match="FFN op cannot run it"):
-                gated_activation(site)
+            assert op_refusal(model.config) is not None
     assert set(re.findall(r"`([a-z0-9_]+)`", refused.split("; any other", 1)[0])) == set(REFUSED)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["olmo2", "qwen3_moe"])
+@pytest.mark.parametrize("model_type", ["olmo2", "gpt_neox", "qwen3_moe"])
 def test_plain_lm_eval_runs_a_saved_tiny_checkpoint(tmp_path, model_type: str) -> None:
     """``lm_eval --model ffnskip`` on a tiny random checkpoint saved to a folder (a dense family
-    without an input norm, a mixture of experts): it runs, and skips."""
+    without an input norm, a parallel one, a mixture of experts): it runs, and skips."""
     import json
     import os
     import subprocess

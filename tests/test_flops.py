@@ -34,10 +34,42 @@ def test_counted_equals_analytic_and_parts_add_up(arch):
     assert grown == positions * c.num_attention_heads * c.head_dim * 2
 
 
-@pytest.mark.parametrize("model_type", ["qwen3_moe", "mixtral", "granitemoe"])
-def test_mixtures_of_experts_are_refused_not_undercounted(model_type):
-    with pytest.raises(NotImplementedError, match="mixture-of-experts"):
-        decode_flops(tiny_model(model_type, n_layers=2), 8)
+# one expert layer's multiply-adds per token, by hand from the tiny configs' widths (hidden 64;
+# shapes.TINY_EXTRA: 4 experts, 2 active): the router (64 x 4), 2 experts' gate, up and down
+# matrices, and the shared experts' matrices
+MOE_LAYER = {
+    "qwen3_moe": 64 * 4 + 2 * 3 * 64 * 32,  # moe_intermediate_size 32
+    "qwen2_moe": 64 * 4 + 2 * 3 * 64 * 32 + 3 * 64 * 64 + 64 * 1,  # shared expert 64 wide, its gate
+    "deepseek_v3": 64 * 4 + 2 * 3 * 64 * 32 + 3 * 64 * 32,  # one shared expert, 32 wide
+    "mixtral": 64 * 4 + 2 * 3 * 64 * 128,  # intermediate_size 128 per expert
+    "olmoe": 64 * 4 + 2 * 3 * 64 * 128,
+    "granitemoe": 64 * 4 + 2 * 3 * 64 * 128,
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(MOE_LAYER))
+def test_an_expert_block_counts_its_active_experts(model_type):
+    """Top-k of n routed experts, shared experts and the router, per token; a skipped block none."""
+    counted = decode_flops(tiny_model(model_type, n_layers=2), 8)
+    dense_first = 3 * 64 * 128 if model_type == "deepseek_v3" else MOE_LAYER[model_type]  # first_k_dense 1
+    assert counted.ffn_per_layer == (dense_first, MOE_LAYER[model_type])
+    assert counted.total == counted.attention + counted.ffn + counted.lm_head + counted.other
+    assert counted.other >= 0
+    assert counted.skipping([0.0, 1.0]).ffn == dense_first
+    assert counted.skipping([1.0, 0.5]).ffn == MOE_LAYER[model_type] // 2
+
+
+def test_flops_on_the_thin_qwen3_moe_shape(tmp_path, capsys):
+    """``ffnskip flops --shape qwen3-30b-a3b --thin``: 48 layers of 128 experts, 8 active, thinned
+    to hidden 128 and experts 48 wide (768 x 128 / 2048); static at 25% skips 12 of 48 blocks."""
+    out = tmp_path / "flops.json"
+    argv = ["flops", "--shape", "qwen3-30b-a3b", "--thin", "--context", "8", "--targets", "0.25",
+            "--methods", "static", "--new-tokens", "2", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    rows = {r["config"]: r for r in json.loads(out.read_text())["rows"]}
+    layer = 128 * 128 + 8 * 3 * 128 * 48
+    assert rows["dense"]["ffn"] == 48 * layer and rows["static-0.25"]["ffn"] == 36 * layer
+    assert "experts: the active ones per token" in capsys.readouterr().out
 
 
 def test_skipped_ffns_count_zero():

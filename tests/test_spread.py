@@ -70,7 +70,7 @@ def test_hot_layers_always_run_and_calibration_is_required():
         _policy(tuple(calibration), target_skip=0.75).layout(N_LAYERS)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3_text"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt_neox", "gptj"])  # + parallel layers
 @torch.no_grad()
 def test_teacher_forced_pass_equals_decoding_and_rows_decide_alone(arch):
     model = tiny_model(arch, n_layers=N_LAYERS)

@@ -110,9 +110,12 @@ def flops_main(argv: list[str]) -> int:
         return 2
     rows, analytic = payload["rows"], payload["analytic_dense_total"]
     dense_total = rows[0]["total"]
-    print(f"{args.pretrained}, context {args.context}: {payload['convention']}")
-    print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense_total / 1e6:.2f} M "
-          f"({dense_total / analytic - 1:+.3%})")  # fmt: skip
+    print(f"{payload['model']}, context {args.context}: {payload['convention']}")
+    if analytic is None:
+        print(f"counted dense total {dense_total / 1e6:.2f} M (experts: the active ones per token)")
+    else:
+        print(f"analytic dense total {analytic / 1e6:.2f} M, fvcore {dense_total / 1e6:.2f} M "
+              f"({dense_total / analytic - 1:+.3%})")  # fmt: skip
     print(f"{'config':<16}{'skip':>7}{'total M':>10}{'attn M':>9}{'FFN M':>9}{'head M':>9}{'saving':>8}")
     for r in rows:
         print(

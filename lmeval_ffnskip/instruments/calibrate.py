@@ -19,13 +19,14 @@ import json
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..skip.adapters import ffn_sites
+from ..skip.adapters import ffn_sites, watch_stream
 from ..skip.engine import generate_fixed, generation_stats
 from ..skip.provenance import versions
 from ..skip.settings import SkipPolicy
@@ -58,16 +59,11 @@ def _batch(tokenizer: Any, prompts: list[list[int]], device: torch.device) -> di
 @torch.no_grad()
 def similarities(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
     """cos(h, h + FFN block) at every layer for the tokens fed to decoding steps (each generated
-    token but the last), dense: [tokens, layers]."""
+    token but the last), dense: [tokens, layers] (h: the residual stream the block adds to, in a
+    parallel layer with attention's output in it)."""
     _, sites = ffn_sites(model)
     steps: list[list[torch.Tensor]] = []
-    kept: dict[int, torch.Tensor] = {}
-
-    def keep(index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-            kept[index] = args[0]
-
-        return hook
+    kept: dict[int, torch.Tensor] = {}  # layer -> the residual stream its block adds to
 
     def measure(site: Any) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -81,7 +77,7 @@ def similarities(model: nn.Module, batch: dict[str, torch.Tensor], new_tokens: i
 
         return hook
 
-    handles = [s.entry.register_forward_pre_hook(keep(s.index)) for s in sites]
+    handles = [h for s in sites for h in watch_stream(s, partial(kept.__setitem__, s.index))]
     handles += [s.mlp.register_forward_hook(measure(s)) for s in sites]
     try:
         generate_fixed(model, batch, new_tokens)

@@ -6,6 +6,11 @@ are counted: the linear layers and attention's two products (QK^T and AV). Eleme
 decode step. fvcore has no rule for ``scaled_dot_product_attention``, which HF's SDPA attention
 calls; ``_sdpa`` adds it. A skipped FFN counts zero (the engine does not run it); the cosine
 check of ``ffnskip`` is two d-long dot products per checked layer, also uncounted.
+
+A mixture-of-experts block is counted from its weights, not traced (HF runs its experts through
+grouped paths fvcore's trace misses): per token, the router's and the shared experts' matrices
+whole, and ``num_experts_per_tok`` of the n experts' stacked matrices ([n, out, in]): the
+active parameters.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from ..skip.adapters import ffn_sites
 from ..skip.engine import generation_stats
 from ..skip.hf_compat import cache_keyword
 from ..skip.naming import DENSE, config_name
+from ..skip.policy import ALWAYS
 from ..skip.rules import known_traits, rule_class
 from ..skip.settings import SkipPolicy
 from .options import FlopsOptions
@@ -95,12 +101,6 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     """Count one decoding step of a batch-1 token attending to ``context`` positions."""
     if context < 2:
         raise ValueError(f"context={context} is out of range: it must be >= 2")
-    config = model.config
-    if any(getattr(config, name, None) for name in EXPERT_COUNTS):
-        raise NotImplementedError(
-            f"{config.model_type}: ffnskip flops does not count mixture-of-experts blocks (fvcore's "
-            "trace misses the experts' products, so it would report the router alone)"
-        )
     device = next(model.parameters()).device
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
     cache = DynamicCache(config=model.config)
@@ -113,19 +113,40 @@ def decode_flops(model: nn.Module, context: int) -> DecodeFlops:
     names = {id(m): name for name, m in step.named_modules()}
     by_module = analysis.by_module()
     _, sites = ffn_sites(model)
-    ffn = [
+    traced = [
         sum(by_module[names[id(m)]] for m in (s.mlp, s.in_norm, s.out_norm) if m is not None) for s in sites
     ]
-    attention = [by_module[names[id(layer.self_attn)]] for layer in model.get_decoder().layers]
+    active = [active_expert_flops(s.mlp, model.config) for s in sites]
+    if all(a is None for a in active) and any(getattr(model.config, n, None) for n in EXPERT_COUNTS):
+        raise NotImplementedError(
+            f"{model.config.model_type}: its expert blocks keep no stacked [n, out, in] expert weights "
+            "in this transformers release, so ffnskip flops cannot count their active experts (fvcore's "
+            "trace would report the router alone)"
+        )
+    ffn = [t if a is None else a for t, a in zip(traced, active, strict=True)]
+    attention = [by_module[names[id(s.attention)]] for s in sites]
     lm_head = by_module[names[id(model.get_output_embeddings())]]
-    other = analysis.total() - sum(attention) - sum(ffn) - lm_head
+    other = analysis.total() - sum(attention) - sum(traced) - lm_head
     return DecodeFlops(context, sum(attention), sum(ffn), lm_head, other, tuple(ffn), tuple(attention))
 
 
-def analytic_decode_flops(config: Any, context: int) -> int:
+def active_expert_flops(block: nn.Module, config: Any) -> int | None:
+    """One token's multiply-adds in ``block`` if it is a mixture of experts (the stacked experts'
+    matrices, [n, out, in], ``num_experts_per_tok`` of n; every other matrix, router and shared
+    experts, whole), else None (a dense block, which fvcore counts)."""
+    stacked = [p for p in block.parameters() if p.dim() == 3]
+    if not stacked:
+        return None
+    routed = sum(p.numel() // p.shape[0] for p in stacked) * int(config.num_experts_per_tok)
+    return routed + sum(p.numel() for p in block.parameters() if p.dim() == 2)
+
+
+def analytic_decode_flops(config: Any, context: int) -> int | None:
     """The same count from the config alone (Llama / Mistral / Qwen / Gemma layouts: q, k, v, o
     projections, gated FFN of three matrices, sliding-window layers attending to at most the
-    window, untied or tied LM head)."""
+    window, untied or tied LM head); None for a mixture of experts."""
+    if any(getattr(config, name, None) for name in EXPERT_COUNTS):
+        return None
     d, layers = config.hidden_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or d // config.num_attention_heads
     q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
@@ -164,14 +185,17 @@ def results_frequency(results: dict[str, Any]) -> tuple[list[float], bool]:
 def run_flops(options: FlopsOptions) -> dict[str, Any]:
     """``ffnskip flops``: one decoding step's FLOPs split by part, dense and for the skip pattern of
     each method x target (a greedy generation on the options' device) and of each lm-eval
-    ``results`` file."""
+    ``results`` file; ``shape`` instead of ``pretrained`` counts a shipped architecture with random
+    weights (``thin``: its thin widths), whose ffnskip fires at its first check, as ``ffnskip
+    bench`` runs it."""
     options.check()  # before anything loads
     import json
 
-    from ..inputs.checkpoints import load
+    from ..inputs.checkpoints import load, torch_device
     from ..skip.provenance import versions
-    from .bench import prompt_batch
+    from .bench_configs import prompt_batch
     from .calibrate import with_calibration
+    from .shapes import shape_model, token_batch
 
     patterns: dict[str, tuple[list[float], bool]] = {}
     for source in map(Path, options.results):
@@ -179,13 +203,20 @@ def run_flops(options: FlopsOptions) -> dict[str, Any]:
             patterns[source.name] = results_frequency(json.loads(source.read_text()))
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{source}: {err}") from err
-    model, tokenizer = load(options.pretrained, options.device)
+    threshold = options.threshold
+    if options.shape is not None:
+        device = torch_device(options.device)
+        model, tokenizer = shape_model(options.shape, torch.float32, device, thin_widths=options.thin), None
+        batch, threshold = token_batch(model.config.vocab_size, 1, model.device), ALWAYS
+    else:
+        model, tokenizer = load(options.pretrained, options.device)
+        batch = prompt_batch(tokenizer, 1, model.device)
     dense = decode_flops(model, options.context)
-    batch = prompt_batch(tokenizer, 1, model.device)
     for method in options.methods:
         for target in map(float, options.targets):
-            policy = SkipPolicy(method=method, target_skip=target, threshold=options.threshold, warmup=0)
-            policy = with_calibration(policy, model, tokenizer)
+            policy = SkipPolicy(method=method, target_skip=target, threshold=threshold, warmup=0)
+            if tokenizer is not None:
+                policy = with_calibration(policy, model, tokenizer)
             frequency = skip_frequency(model, batch, policy, options.new_tokens)
             patterns[config_name(method, target)] = (frequency, rule_class(method).skips_layers)
     rows = [{"config": DENSE, "skip": 0.0, **dense.as_dict()}] + [
@@ -193,7 +224,9 @@ def run_flops(options: FlopsOptions) -> dict[str, Any]:
         for name, (f, whole) in patterns.items()
     ]
     return {
-        "model": options.pretrained,
+        "model": options.pretrained
+        if options.shape is None
+        else f"shape:{options.shape}{'-thin' if options.thin else ''}",
         "device": options.device,
         "context": options.context,
         "convention": CONVENTION,

@@ -6,7 +6,7 @@ as its user wrote it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +60,45 @@ class CalibrateOptions(CalibrationText, ModelOptions):
         return CalibrationText(self.prompts, self.prompt_tokens, self.new_tokens, self.tolerance)
 
 
+def check_shape(shape: str | None, thin: bool, methods: Sequence[str], spell: Spell = str) -> None:
+    """A shape model, where asked for, is a shipped one and its methods do not need real weights."""
+    from ..skip.rules import rule_class
+    from ..skip.settings import SkipPolicy
+
+    if thin and shape is None:
+        raise ValueError(f"thin widths apply to a shape model: pass {spell('shape')} with {spell('thin')}")
+    if shape is None:
+        return
+    if shape not in SHAPES:
+        raise ValueError(f"{spell('shape')}={shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}")
+    # a shape's configurations force ffnskip's trigger (threshold ALWAYS); a rule that still
+    # decides from the weights' values would measure random weights
+    weighed = [m for m in methods if rule_class(m).depends_on_weights(SkipPolicy(method=m, threshold=ALWAYS))]
+    if weighed:
+        raise ValueError(
+            f"methods {','.join(weighed)} decide from the weights, which shape models have at random; "
+            "use methods whose decisions do not (ffnskip, static, random, skipdecode)"
+        )
+
+
 @dataclass(frozen=True)
-class FlopsOptions(ModelOptions):
+class ShapeOptions(ModelOptions):
+    """A model named by ``pretrained``, or a shipped shape with random weights."""
+
+    shape: str | None = option(
+        None,
+        "instead of --pretrained: a shipped architecture with random weights (ffnskip's trigger forced "
+        "at its first check; methods: ffnskip, static, random, skipdecode), one of " + ", ".join(SHAPES),
+    )
+    thin: bool = option(
+        False,
+        "with --shape: keep its depth and operations, shrink every width, so each operation costs about "
+        "its dispatch (a launch-bound GPU's regime, on any device)",
+    )
+
+
+@dataclass(frozen=True)
+class FlopsOptions(ShapeOptions):
     """``ffnskip flops``: one decoding step's FLOPs by part, dense and as measured patterns skip."""
 
     context: int = option(512, "positions the new token attends to", Number(int, 2))
@@ -72,22 +109,16 @@ class FlopsOptions(ModelOptions):
     new_tokens: int = option(64, "greedy tokens generated per pattern", Number(int, 2))
     results: tuple[Path, ...] = option((), "lm-eval results JSON of ffnskip runs", nargs="*", type=Path)
 
+    def check(self, spell: Spell = str) -> None:
+        """Also: the shape (``check_shape``)."""
+        super().check(spell)
+        check_shape(self.shape, self.thin, self.methods, spell)
+
 
 @dataclass(frozen=True)
-class BenchOptions(ModelOptions):
+class BenchOptions(ShapeOptions):
     """``ffnskip bench``: decode speed of every configuration at every batch size, beside the ideal."""
 
-    shape: str | None = option(
-        None,
-        "instead of --pretrained: a shipped architecture with random weights (speed only; ffnskip's "
-        "trigger forced at its first check; methods: ffnskip, static, random, skipdecode), one of "
-        + ", ".join(SHAPES),
-    )
-    thin: bool = option(
-        False,
-        "with --shape: keep its depth and operations, shrink every width, so each operation costs about "
-        "its dispatch (a launch-bound GPU's regime, on any device)",
-    )
     dtype: str = option("float32", "torch dtype of the weights")
     batch_sizes: tuple[int, ...] = option((1, 8), "batch sizes", Number(int, 1, many=True))
     targets: tuple[float, ...] = option((0.05, 0.25, 0.5), "target_skip values", _TARGETS)
@@ -119,36 +150,12 @@ class BenchOptions(ModelOptions):
     )
 
     def check(self, spell: Spell = str) -> None:
-        """Also: the dtype is one torch has, a shape is a shipped one, with methods that do not need
-        real weights."""
+        """Also: the dtype is one torch has, and the shape (``check_shape``)."""
         from ..inputs.checkpoints import torch_dtype
-        from ..skip.rules import rule_class
-        from ..skip.settings import SkipPolicy
 
         super().check(spell)
         torch_dtype(self.dtype)
-        if self.thin and self.shape is None:
-            raise ValueError(
-                f"thin widths apply to a shape model: pass {spell('shape')} with {spell('thin')}"
-            )
-        if self.shape is None:
-            return
-        if self.shape not in SHAPES:
-            raise ValueError(
-                f"{spell('shape')}={self.shape!r} is unknown; shipped shapes: {', '.join(SHAPES)}"
-            )
-        # a shape's configurations force ffnskip's trigger (threshold ALWAYS); a rule that still
-        # decides from the weights' values would measure random weights
-        weighed = [
-            m
-            for m in self.methods
-            if rule_class(m).depends_on_weights(SkipPolicy(method=m, threshold=ALWAYS))
-        ]
-        if weighed:
-            raise ValueError(
-                f"methods {','.join(weighed)} decide from the weights, which shape models have at random; "
-                "use methods whose decisions do not (ffnskip, static, random, skipdecode)"
-            )
+        check_shape(self.shape, self.thin, self.methods, spell)
 
 
 @dataclass(frozen=True)

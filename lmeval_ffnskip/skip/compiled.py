@@ -23,7 +23,7 @@ from torch import nn
 from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
-from .adapters import ARCHITECTURES, FFNSite
+from .adapters import ARCHITECTURES, FFNSite, family
 from .ffn_op import ACTIVATIONS
 from .hooks import Patches, unchanged
 from .rule import DeviceForm, State
@@ -87,10 +87,16 @@ def cosines(h: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
 
 def op_refusal(config: PretrainedConfig) -> str | None:
     """Why the FFN op cannot run the blocks of a model of ``config`` (read before any weights
-    load: its family's block, bias and activation), or None."""
+    load: its family's layer and block, bias and activation), or None."""
     model_type = config.model_type
-    family = ARCHITECTURES.get(model_type)
-    if family is None or not family.gated_mlp:
+    found = family(config) if model_type in ARCHITECTURES else None
+    if found is not None and found.parallel is not None:
+        return (
+            f"{model_type}: its layers run attention and the FFN block in parallel; the compiled decoding "
+            "path keeps h at the block's input and measures cos(h, h + block), not the parallel layer's "
+            "cos(h + attention, h + attention + block); drop compile / --compile"
+        )
+    if found is None or not found.gated_mlp:
         return (
             f"{model_type}: its FFN block is not a gated MLP of separate gate_proj / up_proj / down_proj "
             "linears, which the compiled decoding path's FFN op runs; drop compile / --compile"

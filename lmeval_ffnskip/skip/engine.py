@@ -11,7 +11,9 @@
   layer's ``h + out`` is exactly ``h``) and never feeds them to the FFN, gathering the rows
   that run when only some do; when every row skips, the norms around the FFN do not run
   either. After the FFN, the similarity of ``h`` and ``h + out`` is measured for the tokens
-  still looking for their trigger.
+  still looking for their trigger. In a parallel layer (attention and the block read the same
+  input) ``h`` is the layer's input plus attention's output, kept by a wrapped attention input
+  norm and a hook on attention, and a skipped block drops the block's term alone.
 
 A pass with no eligible token (prompt, warm-up) goes straight through the stock modules.
 Attention is untouched, so every layer's KV cache holds every position. The only host
@@ -57,6 +59,7 @@ class SkipEngine:
         self._tokens: PassTokens | None = None
         self.steps = StepCounter(policy.skip_prompt)
         self._h: torch.Tensor | None = None
+        self._attention: torch.Tensor | None = None  # a parallel layer's attention output
         self._pending: tuple[int, list[int], torch.Tensor, torch.cuda.Event | None] | None = None
         self._zero: torch.Tensor | None = None
         self._zero_version = 0
@@ -78,6 +81,9 @@ class SkipEngine:
                 if site.in_norm is not None:
                     patches.patch(site.in_norm, partial(self._ffn_input, site, site.in_norm.forward))
                 patches.patch(site.mlp, partial(self._ffn, site, site.mlp.forward))
+                if site.parallel is not None and site.index in checked:
+                    patches.patch(site.parallel, partial(self._layer_input, site.parallel.forward))
+                    patches.hook(site.attention.register_forward_hook(self._attention_output))
                 if site.out_norm is not None:
                     patches.patch(site.out_norm, partial(self._ffn_output, site, site.out_norm.forward))
 
@@ -103,7 +109,8 @@ class SkipEngine:
             self._decisions = None if self._pass.idle() else self._pass
 
     def _end(self, module: nn.Module, args: tuple, output: object) -> None:
-        decisions, self._pass, self._decisions, self._h = self._pass, None, None, None
+        decisions, self._pass, self._decisions = self._pass, None, None
+        self._h = self._attention = None
         if decisions is not None:
             self._resolve(decisions)
         self.record_pass(self._tokens, decisions)
@@ -132,6 +139,17 @@ class SkipEngine:
             self.history.append(decisions.mask().view(*shape, -1))
 
     # -- per layer ----------------------------------------------------------------------
+    def _layer_input(self, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor) -> torch.Tensor:
+        """A parallel layer's attention input norm: keep the layer's input ``h``; it always runs."""
+        if self._decisions is not None:
+            self._h = h
+        return forward(h)
+
+    def _attention_output(self, module: nn.Module, args: tuple, output: tuple) -> None:
+        """A parallel layer's attention: keep its output, what it adds beside the block's."""
+        if self._decisions is not None:
+            self._attention = output[0]
+
     def _ffn_input(
         self, site: FFNSite, forward: Callable[[torch.Tensor], torch.Tensor], h: torch.Tensor
     ) -> torch.Tensor:
@@ -146,7 +164,8 @@ class SkipEngine:
         decisions.enter(site.index)
         if decisions.skip_count[site.index] == decisions.n:
             return h  # the FFN will not read it
-        self._h = h
+        if site.parallel is None:  # a parallel layer's h is kept at its attention input norm
+            self._h = h
         return forward(h)
 
     def _ffn(
@@ -162,7 +181,7 @@ class SkipEngine:
         if n_skip == 0:
             y = forward(x)
         elif n_skip == n:
-            y = self._zeros(x)
+            y = torch.zeros_like(x) if site.adds_in_place else self._zeros(x)
         else:
             flat = x.reshape(n, 1, -1)  # one token a row, [rows, 1, d] as every block takes it
             keep = decisions.kept(layer).to(x.device, non_blocking=True)
@@ -203,14 +222,15 @@ class SkipEngine:
 
     def _measure(self, site: FFNSite, decisions: PassSkips, block: torch.Tensor) -> None:
         """Queue the Gram matrix of (h, block) for the rows still looking for a trigger, where
-        ``block``, times the site's ``scale``, is what the FFN block adds to the residual stream ``h``.
+        ``block``, times the site's ``scale``, is what the FFN block adds to the residual stream ``h``
+        (in a parallel layer: the layer's input plus attention's output).
 
         Two device ops (cat, bmm) and one small copy; the cosine and the threshold are
         worked out on the host from |h|^2, h.b and |b|^2 when the decision is needed. The record's
         ``checking`` rows are in ascending order, so when it holds all N rows none are gathered.
         """
         layer, n, rows = site.index, decisions.n, decisions.checking
-        h = self._h
+        h = self._h if site.parallel is None else self._h + self._attention
         if site.scale != 1.0:
             block = block * site.scale
         if h.shape[1] != 1:  # [batch, length, d] -> one [1, d] slice per token (decoding has them)

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .adapters import ffn_sites
+from .adapters import FFNSite, ffn_sites
 from .hf_compat import PassTokens
 from .hooks import Patches
 from .layout import LayerLayout
@@ -56,9 +56,9 @@ class LayerPlan:
 def plan(model: nn.Module, policy: SkipPolicy) -> tuple[LayerRule, LayerPlan]:
     """``policy``'s rule on ``model`` (its layout's ``k``: n, the layers skipped per token) and
     the layer plan."""
-    decoder, sites = ffn_sites(model)
+    _, sites = ffn_sites(model)
     n_layers = len(sites)
-    share = ffn_share(decoder.layers[0], sites[0].mlp)
+    share = ffn_share(sites[0].layer, sites[0].mlp)
     n = round(policy.target_skip * n_layers * share)
     layout: LayerLayout = dataclasses.replace(policy.layout(n_layers), k=n)
     rule = policy.rule(policy, layout, frozenset(mask_layers(model.config, n_layers)))
@@ -92,13 +92,13 @@ class LayerSkipEngine:
 
     def install(self) -> None:
         """Hook the decoder stack and wrap the forward of each layer the plan can skip."""
-        layers = self.decoder.layers
-        if any("forward" in vars(layer) for layer in layers):
+        if any("forward" in vars(site.layer) for site in self.sites):
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         self._patches.own(self.decoder, self)
         self._patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
         for i in self.plan.order:
-            self._patches.patch(layers[i], partial(self._layer, i, layers[i].forward))
+            layer = self.sites[i].layer
+            self._patches.patch(layer, partial(self._layer, self.sites[i], layer.forward))
 
     def remove(self) -> None:
         """Undo ``install``."""
@@ -144,24 +144,30 @@ class LayerSkipEngine:
 
     def _layer(
         self,
-        index: int,
-        forward: Callable[..., torch.Tensor],
+        site: FFNSite,
+        forward: Callable[..., torch.Tensor | tuple],
         hidden_states: torch.Tensor,
         *args: object,
         **kwargs: object,
-    ) -> torch.Tensor:
-        if index in self._skipped:
-            return hidden_states
+    ) -> torch.Tensor | tuple:
+        """Layer ``site``: its input where skipped (in the layer's output form: with no attention
+        weights where it returns a tuple), its output where run."""
+        if site.index in self._skipped:
+            return (hidden_states, None) if site.layer_tuple else hidden_states
         out = forward(hidden_states, *args, **kwargs)
-        bypass = self._partial.get(index)
-        return out if bypass is None else torch.where(bypass, hidden_states, out)
+        bypass = self._partial.get(site.index)
+        if bypass is None:
+            return out
+        if site.layer_tuple:
+            return torch.where(bypass, hidden_states, out[0]), *out[1:]
+        return torch.where(bypass, hidden_states, out)
 
 
 @torch.no_grad()
 def block_influence(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[float]:
     """ShortGPT's Block Influence of every decoder layer: 1 - mean cos(input, output) over the
     real tokens of ``batch``."""
-    decoder, sites = ffn_sites(model)
+    _, sites = ffn_sites(model)
     real = batch["attention_mask"].bool()
     sums = [0.0] * len(sites)
     inputs: dict[int, torch.Tensor] = {}
@@ -173,16 +179,17 @@ def block_influence(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[fl
         return hook
 
     def measure(i: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
-            cos = torch.cosine_similarity(inputs.pop(i).float(), out.float(), dim=-1)
+        def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor | tuple) -> None:
+            hidden = out[0] if sites[i].layer_tuple else out
+            cos = torch.cosine_similarity(inputs.pop(i).float(), hidden.float(), dim=-1)
             sums[i] += float(cos[real].sum())
 
         return hook
 
     handles = []
-    for i, layer in enumerate(decoder.layers):
-        handles.append(layer.register_forward_pre_hook(keep(i), with_kwargs=True))
-        handles.append(layer.register_forward_hook(measure(i), with_kwargs=True))
+    for i, site in enumerate(sites):
+        handles.append(site.layer.register_forward_pre_hook(keep(i), with_kwargs=True))
+        handles.append(site.layer.register_forward_hook(measure(i), with_kwargs=True))
     try:
         model(**batch)
     finally:

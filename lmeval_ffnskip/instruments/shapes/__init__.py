@@ -120,9 +120,12 @@ def token_batch(vocab_size: int, batch_size: int, device: str | torch.device) ->
     return {"input_ids": (ids * mask).to(device), "attention_mask": mask.to(device)}
 
 
-# per architecture, what tiny_model sets beyond the shared tiny widths: a short sliding window, a
-# residual multiplier other than 1, a handful of small experts
+# per architecture, what tiny_model sets beyond the shared tiny widths (None: leaves a width
+# out): a short sliding window, a residual multiplier other than 1, a handful of small experts,
+# rotary dimensions within a head
 TINY_EXTRA: dict[str, dict[str, object]] = {
+    "gptj": {"rotary_dim": 8},
+    "falcon": {"head_dim": None},  # a property of its config, hidden_size / num_attention_heads
     "gemma3_text": {"sliding_window": 16},
     "olmo3": {"sliding_window": 16},
     "granite": {"residual_multiplier": 0.5},
@@ -154,9 +157,9 @@ TINY_EXTRA: dict[str, dict[str, object]] = {
 }
 
 
-def tiny_model(model_type: str = "llama", n_layers: int = 8, seed: int = 0) -> nn.Module:
+def tiny_model(model_type: str = "llama", n_layers: int = 8, seed: int = 0, **config: object) -> nn.Module:
     """A randomly initialised decoder of ``model_type`` small enough to run in milliseconds (fp32,
-    on the CPU; pad, EOS and BOS ids 0, 1, 2)."""
+    on the CPU; pad, EOS and BOS ids 0, 1, 2), ``config`` set beyond the tiny widths."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -174,7 +177,8 @@ def tiny_model(model_type: str = "llama", n_layers: int = 8, seed: int = 0) -> n
         "eos_token_id": 1,
         "bos_token_id": 2,
     }
-    config = AutoConfig.for_model(model_type, **{**widths, **TINY_EXTRA.get(model_type, {})})
+    values = {**widths, **TINY_EXTRA.get(model_type, {}), **config}
+    config = AutoConfig.for_model(model_type, **{k: v for k, v in values.items() if v is not None})
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
