@@ -79,9 +79,8 @@ def no_weights(monkeypatch):
     [
         ("gpt2", "supported: .*llama"),
         ("t5", "supported: .*llama"),
-        ("falcon", "in parallel"),
-        ("gpt_neox", "in parallel"),
         ("mamba", "recurrent state"),
+        ("falcon_h1", "recurrent state"),
         ("gpt_oss", "router scores"),
     ],
 )
@@ -135,9 +134,9 @@ def test_hub_id_is_checked_from_its_config_alone(monkeypatch, no_weights):
     def fetched(model_type):
         return classmethod(lambda cls, name, **kw: ({"model_type": model_type}, {}))
 
-    monkeypatch.setattr(PretrainedConfig, "get_config_dict", fetched("falcon"))
-    with pytest.raises(ValueError, match=r"pretrained='tiiuae/falcon-7b': .*model_type='falcon'"):
-        checkpoints.preflight("tiiuae/falcon-7b")
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", fetched("mamba"))
+    with pytest.raises(ValueError, match=r"pretrained='state-spaces/mamba-130m': .*model_type='mamba'"):
+        checkpoints.preflight("state-spaces/mamba-130m")
     monkeypatch.setattr(PretrainedConfig, "get_config_dict", fetched("llama"))
     assert checkpoints.preflight("meta-llama/Llama-3.2-1B") == "meta-llama/Llama-3.2-1B"
 
