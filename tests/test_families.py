@@ -29,11 +29,12 @@ from lmeval_ffnskip.skip.settings import SkipPolicy
 CASES: dict[str, tuple[str, dict[str, object]]] = {
     **{model_type: (model_type, {}) for model_type in ARCHITECTURES},
     "gpt_neox-sequential": ("gpt_neox", {"use_parallel_residual": False}),
+    "stablelm-parallel": ("stablelm", {"use_parallel_residual": True}),  # its tiny default: sequential
     "falcon-sequential": ("falcon", {"parallel_attn": False}),
     "falcon-two-norms": ("falcon", {"new_decoder_architecture": True}),  # Falcon-40B's ln_attn, ln_mlp
 }
 FAMILIES = sorted(CASES)
-PARALLEL = ["cohere", "falcon", "falcon-two-norms", "gpt_neox", "gptj", "phi"]
+PARALLEL = ["cohere", "falcon", "falcon-two-norms", "gpt_neox", "gptj", "phi", "stablelm-parallel"]
 N_LAYERS, NEW = 6, 6
 
 

@@ -3,9 +3,10 @@
 A sequential layer computes ``h = h + scale * out_norm(block(in_norm(h)))`` after attention,
 where ``in_norm`` is absent in OLMo-2-style layers (the block reads ``h`` itself), ``out_norm``
 absent in Llama-style ones, and ``scale`` is 1 but in Granite's (its ``residual_multiplier``).
-A parallel layer (GPT-NeoX, Phi-2, Falcon, GPT-J, Cohere) adds attention's output and the
-block's to the same input, ``h + attn(norm(h)) + block(in_norm(h))``, where ``in_norm`` is the
-block's own norm or absent (the block shares attention's ``norm``). The block is a dense MLP or
+A parallel layer (GPT-NeoX, Phi-2, Falcon, GPT-J, Cohere; StableLM where its config says so)
+adds attention's output and the block's to the same input, ``h + attn(norm(h)) +
+block(in_norm(h))``, where ``in_norm`` is the block's own norm or absent (the block shares
+attention's ``norm``). The block is a dense MLP or
 a mixture of experts (router, experts and any shared expert as one module: a skipped block runs
 none of them). The engine needs these modules and the scale; the facts per architecture are
 written once, in ``ARCHITECTURES``, and nothing here copies or replaces HF modeling code.
@@ -56,6 +57,12 @@ def _gpt_neox(config: Any) -> Family:
     return dataclasses.replace(neox, parallel="input_layernorm") if config.use_parallel_residual else neox
 
 
+def _stablelm(config: Any) -> Family:
+    """StableLM: parallel with ``use_parallel_residual`` (the block shares attention's input
+    norm), sequential without."""
+    return Family(in_norm=None, parallel="input_layernorm") if config.use_parallel_residual else Family()
+
+
 def _falcon(config: Any) -> Family:
     """Falcon: parallel where its config says so (``parallel_attn``, or the new decoder
     architecture, whose two norms read the layer's input), sequential otherwise."""
@@ -85,8 +92,9 @@ ARCHITECTURES: dict[str, Family | Callable[[Any], Family]] = {
     "gemma2": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
     "gemma3_text": Family(in_norm="pre_feedforward_layernorm", out_norm="post_feedforward_layernorm"),
     # dense, attention and FFN in parallel (the block shares attention's input norm but in
-    # gpt_neox and Falcon's new architecture); gpt_neox and falcon per config
+    # gpt_neox and Falcon's new architecture); gpt_neox, stablelm and falcon per config
     "gpt_neox": _gpt_neox,
+    "stablelm": _stablelm,
     "falcon": _falcon,
     "phi": Family(in_norm=None, gated_mlp=False, parallel="input_layernorm"),  # fc1, fc2
     "gptj": Family(
