@@ -101,10 +101,10 @@ def test_same_decisions_as_eager(model: torch.nn.Module, method: str) -> None:
         assert 0 < mine["never_fired"] < mine["eligible"]
 
 
-@pytest.mark.parametrize("model_type", ["gemma", "olmo2", "granite"])
+@pytest.mark.parametrize("model_type", ["gemma", "olmo2", "granite", "stablelm"])
 def test_other_families_same_decisions_as_eager(model_type: str) -> None:
     """Gemma's GELU-tanh MLP through the op, OLMo-2's block without an input norm, Granite's
-    scaled residual add."""
+    scaled residual add, StableLM's LayerNorms with biases around the op."""
     model = tiny_model(model_type, n_layers=8)
     policy = POLICIES["ffnskip"]
     eager, expected = _eager(model, policy, eos=-1)
