@@ -191,8 +191,8 @@ def test_one_teacher_forced_pass_decides_as_decoding(model_type: str) -> None:
 @pytest.mark.parametrize("model_type", ["falcon", "gptj", "gpt_neox", "llama"])
 @torch.no_grad()
 def test_a_dropped_layer_hands_on_its_input_as_the_layer_would(model_type: str) -> None:
-    """shortgpt's dropped layers return their input in the layer's own output form (Falcon's and
-    GPT-J's layers return a tuple): the logits are a stock pass with those layers' outputs
+    """shortgpt's dropped layers return their input in the layer's own output form (Falcon's, and
+    GPT-J's before transformers 5.25, return a tuple): the logits are a stock pass with those layers' outputs
     replaced by their inputs."""
     model = _model(model_type)
     batch = tiny_batches()[1]

@@ -53,7 +53,7 @@ class CalibrationText:
 class CalibrateOptions(CalibrationText, ModelOptions):
     """``ffnskip calibrate``: the similarity curve, and settings for a target skip ratio."""
 
-    target: float = option(0.25, "target skip ratio", Number(float, 0, 1, open=True))
+    target: float = option(PolicyFields.target_skip, "target skip ratio", Number(float, 0, 1, open=True))
 
     @property
     def text(self) -> CalibrationText:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..skip.naming import DENSE, config_name
+from ..skip.policy import PolicyFields
 from ..skip.rules import known_traits
 from ..taskdata.jsonfiles import read_jsonl
 
@@ -122,7 +123,9 @@ def cell_name(model_args: dict[str, Any]) -> str:
     if known_traits(method)["reference"]:
         return method
     extra = [f"{k}{v}" for k, v in sorted(model_args.items()) if k not in NAMED_ARGS]
-    return "-".join([config_name(method, float(model_args.get("target_skip", 0.25))), *extra])
+    return "-".join(
+        [config_name(method, float(model_args.get("target_skip", PolicyFields.target_skip))), *extra]
+    )
 
 
 def _headline(task: str, results: dict[str, Any]) -> Score | None:

@@ -35,8 +35,7 @@ class Family:
     path's FFN op runs). ``layers``: the decoder stack's list of layers; ``attention``: a layer's
     attention module (its first output is what it adds); ``parallel``: in a parallel layer, the
     module whose input is the layer's input ``h`` (attention's input norm), else None;
-    ``adds_in_place``: the layer adds attention's output into the block's output in place;
-    ``layer_tuple``: the layer returns (hidden states, attention weights)."""
+    ``adds_in_place``: the layer adds attention's output into the block's output in place."""
 
     in_norm: str | None = "post_attention_layernorm"
     out_norm: str | None = None
@@ -47,7 +46,6 @@ class Family:
     attention: str = "self_attn"
     parallel: str | None = None
     adds_in_place: bool = False
-    layer_tuple: bool = False
 
 
 def _gpt_neox(config: Any) -> Family:
@@ -66,7 +64,7 @@ def _stablelm(config: Any) -> Family:
 def _falcon(config: Any) -> Family:
     """Falcon: parallel where its config says so (``parallel_attn``, or the new decoder
     architecture, whose two norms read the layer's input), sequential otherwise."""
-    falcon = Family(layers="h", attention="self_attention", gated_mlp=False, layer_tuple=True)
+    falcon = Family(layers="h", attention="self_attention", gated_mlp=False)
     if not (config.parallel_attn or config.new_decoder_architecture):
         return falcon
     falcon = dataclasses.replace(falcon, adds_in_place=True)  # mlp_output += attention_output
@@ -97,9 +95,7 @@ ARCHITECTURES: dict[str, Family | Callable[[Any], Family]] = {
     "stablelm": _stablelm,
     "falcon": _falcon,
     "phi": Family(in_norm=None, gated_mlp=False, parallel="input_layernorm"),  # fc1, fc2
-    "gptj": Family(
-        in_norm=None, gated_mlp=False, layers="h", attention="attn", parallel="ln_1", layer_tuple=True
-    ),
+    "gptj": Family(in_norm=None, gated_mlp=False, layers="h", attention="attn", parallel="ln_1"),
     "cohere": Family(in_norm=None, parallel="input_layernorm"),
     # mixture of experts (the router and every expert, shared ones too, are the block)
     "qwen3_moe": Family(gated_mlp=False),
@@ -137,7 +133,7 @@ class FFNSite:
     ``out_norm`` its norms (either may be None), ``scale`` what the layer multiplies its output
     by before adding it to the residual stream; ``layer`` the decoder layer and ``attention`` its
     attention module; ``parallel``: in a parallel layer, the module whose input is the layer's
-    input (else None); ``adds_in_place`` and ``layer_tuple`` as in ``Family``."""
+    input (else None); ``adds_in_place`` as in ``Family``."""
 
     index: int
     layer: nn.Module
@@ -148,7 +144,6 @@ class FFNSite:
     scale: float = 1.0
     parallel: nn.Module | None = None
     adds_in_place: bool = False
-    layer_tuple: bool = False
 
     @property
     def entry(self) -> nn.Module:
@@ -225,7 +220,6 @@ def ffn_sites(model: nn.Module) -> tuple[nn.Module, list[FFNSite]]:
                 scale,
                 parallel,
                 found.adds_in_place,
-                found.layer_tuple,
             )
         )
     return decoder, sites

@@ -88,6 +88,9 @@ class LayerSkipEngine:
         self.steps = StepCounter(policy.skip_prompt)
         self._skipped: frozenset[int] = frozenset()
         self._partial: dict[int, torch.Tensor] = {}  # layer -> [batch, length, 1] tokens skipping it
+        # whether a layer returns a tuple, hidden states first (Falcon's; GPT-J's before transformers
+        # 5.25), as layer 0 returned it this pass: it always runs (``mask_layers``), before any skip
+        self._tuple_out = False
         self._patches = Patches()
 
     def install(self) -> None:
@@ -96,6 +99,7 @@ class LayerSkipEngine:
             raise RuntimeError("this model already has a skip engine attached; detach it first")
         self._patches.own(self.decoder, self)
         self._patches.hook(self.decoder.register_forward_pre_hook(self._begin, with_kwargs=True))
+        self._patches.hook(self.sites[0].layer.register_forward_hook(self._output_form))
         for i in self.plan.order:
             layer = self.sites[i].layer
             self._patches.patch(layer, partial(self._layer, self.sites[i], layer.forward))
@@ -103,6 +107,9 @@ class LayerSkipEngine:
     def remove(self) -> None:
         """Undo ``install``."""
         self._patches.remove()
+
+    def _output_form(self, module: nn.Module, args: tuple, out: torch.Tensor | tuple) -> None:
+        self._tuple_out = isinstance(out, tuple)
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         tokens = PassTokens.read(args, kwargs)
@@ -153,12 +160,12 @@ class LayerSkipEngine:
         """Layer ``site``: its input where skipped (in the layer's output form: with no attention
         weights where it returns a tuple), its output where run."""
         if site.index in self._skipped:
-            return (hidden_states, None) if site.layer_tuple else hidden_states
+            return (hidden_states, None) if self._tuple_out else hidden_states
         out = forward(hidden_states, *args, **kwargs)
         bypass = self._partial.get(site.index)
         if bypass is None:
             return out
-        if site.layer_tuple:
+        if isinstance(out, tuple):
             return torch.where(bypass, hidden_states, out[0]), *out[1:]
         return torch.where(bypass, hidden_states, out)
 
@@ -180,7 +187,7 @@ def block_influence(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[fl
 
     def measure(i: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: torch.Tensor | tuple) -> None:
-            hidden = out[0] if sites[i].layer_tuple else out
+            hidden = out[0] if isinstance(out, tuple) else out
             cos = torch.cosine_similarity(inputs.pop(i).float(), hidden.float(), dim=-1)
             sums[i] += float(cos[real].sum())
 

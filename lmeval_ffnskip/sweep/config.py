@@ -15,6 +15,7 @@ from ..inputs.checkpoints import DEFAULT_MODEL
 from ..inputs.options import Methods, Number, Words, check_all
 from ..instruments.options import BenchOptions, CalibrateOptions, FidelityOptions, FlopsOptions
 from ..skip.naming import DENSE, config_name
+from ..skip.policy import PolicyFields
 
 SHIPPED = Path(__file__).resolve().parent / "configs"
 # the types and ranges of a config's own values (the instruments' options have their own checks)
@@ -42,7 +43,7 @@ class SweepConfig:
     tasks: list[str]
     models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
     methods: list[str] = field(default_factory=lambda: ["ffnskip"])
-    targets: list[float] = field(default_factory=lambda: [0.25])
+    targets: list[float] = field(default_factory=lambda: [PolicyFields.target_skip])
     grid: dict[str, list[Any]] = field(default_factory=dict)  # further model_args swept
     model_args: dict[str, Any] = field(default_factory=dict)  # fixed for every cell
     limit: float | None = None
